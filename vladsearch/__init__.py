@@ -1,0 +1,11 @@
+"""vladsearch: find the images of a collection that show the same thing as a query.
+
+local features -> k-means visual words -> VLAD vector per image -> faiss index -> top-k.
+"""
+
+__version__ = "0.1.0"
+
+from vladsearch.index import BuildParams, Index  # noqa: E402
+from vladsearch.search import Match, SearchResult  # noqa: E402
+
+__all__ = ["BuildParams", "Index", "Match", "SearchResult", "__version__"]

@@ -1,0 +1,224 @@
+"""The `vladsearch` command line: build, search, add, remove, info, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vladsearch import __version__
+from vladsearch.features import EXTRACTORS
+from vladsearch.search import results_to_csv, results_to_json, results_to_table
+
+EPILOG = """examples:
+  vladsearch build photos/ --index photos.vlad
+  vladsearch search photos.vlad query.jpg --top 5
+  vladsearch search photos.vlad queries/ --json > results.json
+  vladsearch add photos.vlad more_photos/
+  vladsearch remove photos.vlad holiday/IMG_0001.jpg
+  vladsearch info photos.vlad
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=_positive_int, default=None,
+                        help="processes for decoding and extraction (default: all cores)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vladsearch", description="Find the images of a collection that show the same thing as a query.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vladsearch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    build = commands.add_parser("build", help="index every image under a folder",
+                                description="Index every image under PHOTOS_DIR (recursively) into a new index directory.")
+    build.add_argument("photos", metavar="PHOTOS_DIR")
+    build.add_argument("--index", required=True, metavar="PATH", help="index directory to write (e.g. photos.vlad)")
+    features_help = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in EXTRACTORS.items())
+    build.add_argument("--features", default="sift", choices=list(EXTRACTORS), help=f"local features ({features_help})")
+    build.add_argument("--clusters", "-k", type=_positive_int, default=64, help="visual words K (default 64)")
+    build.add_argument("--weights", metavar="PATH", help="weights file for learned features")
+    build.add_argument("--max-side", type=int, default=1024, metavar="PX",
+                       help="downscale images so the longer side is at most PX (0: never; default 1024)")
+    build.add_argument("--max-keypoints", type=_positive_int, default=None, help="keep the N strongest keypoints")
+    build.add_argument("--pca", type=int, default=0, metavar="DIM", help="PCA-whiten VLAD vectors to DIM (default 0: off)")
+    build.add_argument("--no-whiten", action="store_true", help="with --pca: project without whitening")
+    build.add_argument("--no-intra", action="store_true", help="disable intra-normalisation")
+    build.add_argument("--power", type=float, default=0.5, help="power-law exponent (default 0.5; 1 disables)")
+    build.add_argument("--factory", default="Flat",
+                       help="faiss index factory string (default Flat = exact; e.g. IVF1024,PQ32 or HNSW32)")
+    build.add_argument("--codebook-images", type=_positive_int, default=500,
+                       help="images sampled to train the codebook (default 500)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--json", action="store_true", help="print the build report as JSON")
+    _add_common(build)
+
+    search = commands.add_parser("search", help="find the most similar indexed images")
+    search.add_argument("index", metavar="INDEX")
+    search.add_argument("queries", nargs="+", metavar="QUERY_IMAGE_OR_DIR")
+    search.add_argument("--top", "-k", type=_positive_int, default=10, help="matches per query (default 10)")
+    output = search.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON")
+    output.add_argument("--csv", action="store_true", help="print CSV")
+    search.add_argument("--weights", metavar="PATH", help="weights file (default: the one recorded at build)")
+    _add_common(search)
+
+    add = commands.add_parser("add", help="add images to an index with its existing codebook")
+    add.add_argument("index", metavar="INDEX")
+    add.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
+    add.add_argument("--weights", metavar="PATH")
+    add.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_common(add)
+
+    remove = commands.add_parser("remove", help="remove images from an index")
+    remove.add_argument("index", metavar="INDEX")
+    remove.add_argument("images", nargs="+", metavar="IMAGE", help="indexed path (as `search` prints it) or a file path")
+
+    info = commands.add_parser("info", help="describe an index")
+    info.add_argument("index", metavar="INDEX")
+    info.add_argument("--json", action="store_true")
+
+    try:
+        from vladsearch.evaluate import add_cli as add_evaluate
+    except ImportError:  # evaluation module not installed in this build
+        add_evaluate = None
+    if add_evaluate is not None:
+        add_evaluate(commands)
+    return parser
+
+
+def _print_report(report, as_json: bool, extra: dict | None = None) -> None:
+    data = {**(extra or {}), "indexed": report.indexed, "unchanged": report.unchanged,
+            "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
+            "no_keypoints": report.no_keypoints}
+    if as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    line = f"indexed {report.indexed} images"
+    if report.unchanged:
+        line += f", {report.unchanged} unchanged"
+    print(line)
+    if report.no_keypoints:
+        print(f"{len(report.no_keypoints)} images have no keypoints (indexed with a zero vector):")
+        for path in report.no_keypoints:
+            print(f"  {path}")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} files:")
+        for path, reason in report.skipped:
+            print(f"  {path}: {reason}")
+
+
+def _cmd_build(args) -> int:
+    from vladsearch import Index
+
+    index = Index.build(
+        args.photos, features=args.features, clusters=args.clusters, weights=args.weights,
+        workers=args.workers, progress=not args.quiet, max_side=args.max_side or None,
+        max_keypoints=args.max_keypoints, pca=args.pca, whiten=not args.no_whiten, intra=not args.no_intra,
+        power=args.power, factory=args.factory, codebook_images=args.codebook_images, seed=args.seed)
+    index.save(args.index)
+    timings = {k: round(v, 3) for k, v in index.timings.items()}
+    _print_report(index.report, args.json, {"index": args.index, "timings": timings})
+    if not args.json:
+        print(f"wrote {args.index} ({index.backend.ntotal} vectors of {index.backend.dim} dimensions); "
+              + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    return 0
+
+
+def _cmd_search(args) -> int:
+    from vladsearch import Index
+
+    index = Index.open(args.index, weights=args.weights)
+    results = index.search(args.queries, top=args.top, workers=args.workers,
+                           progress=not args.quiet and not args.json and not args.csv)
+    if args.json:
+        print(results_to_json(results))
+    elif args.csv:
+        sys.stdout.write(results_to_csv(results))
+    else:
+        print(results_to_table(results))
+    return 1 if all(r.error for r in results) else 0
+
+
+def _cmd_add(args) -> int:
+    from vladsearch import Index
+
+    index = Index.open(args.index, weights=args.weights)
+    report = index.add(args.paths, workers=args.workers, progress=not args.quiet)
+    index.save(args.index)
+    _print_report(report, args.json, {"index": args.index})
+    return 0
+
+
+def _cmd_remove(args) -> int:
+    from vladsearch import Index
+
+    index = Index.open(args.index)
+    missing = index.remove(args.images)
+    for path in missing:
+        print(f"not in the index: {path}", file=sys.stderr)
+    removed = len(args.images) - len(missing)
+    if removed:
+        index.save(args.index)
+    print(f"removed {removed} images; {index.backend.ntotal} remain")
+    return 1 if missing else 0
+
+
+def _cmd_info(args) -> int:
+    from vladsearch import Index
+
+    info = Index.open(args.index).info()
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    counts, params = info["counts"], info["params"]
+    print(f"index      {args.index} (format by vladsearch {info['created_by']}, updated {info['updated']})")
+    print(f"root       {info['root']}")
+    print(f"images     {counts['indexed']} indexed, {counts['no_keypoints']} without keypoints, "
+          f"{counts['skipped']} skipped; {counts['vectors']} vectors of {info['dim']} dimensions")
+    print(f"features   {info['features'].get('name')} {json.dumps(info['features'])}")
+    print(f"vlad       K={params['clusters']} power={params['power']} intra={params['intra']} "
+          f"pca={params['pca'] or 'off'} whiten={params['whiten']}; faiss {params['factory']}")
+    for row in info["skipped_files"]:
+        print(f"skipped    {row['path']}: {row['reason']}")
+    for path in info["no_keypoint_files"]:
+        print(f"no kpts    {path}")
+    return 0
+
+
+COMMANDS = {"build": _cmd_build, "search": _cmd_search, "add": _cmd_add, "remove": _cmd_remove, "info": _cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command not in COMMANDS:
+        from vladsearch.evaluate import run_cli
+
+        handler = run_cli
+    else:
+        handler = COMMANDS[args.command]
+    try:
+        return handler(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        print(f"vladsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vladsearch: interrupted; the index on disk is unchanged", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

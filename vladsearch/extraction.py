@@ -1,0 +1,190 @@
+"""Decode and extract local features for many images, once each, on all cores.
+
+CPU extractors (SIFT) run decode + extraction together in worker processes. Network
+extractors (`runs_in_main_process`) get their images decoded by the workers while the
+main process runs the model on batches, so decoding overlaps inference. A sliding
+window of in-flight images bounds memory whatever the collection's size, and results
+come back in input order. A file that fails is reported, never raised.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import multiprocessing
+
+from vladsearch.features.base import Extractor, Features
+from vladsearch.images import ImageError, LoadedImage, load_image
+
+
+@dataclass
+class ExtractedImage:
+    """What extraction produced for one input file: features, or an error (never both)."""
+
+    path: Path
+    features: Features | None
+    file_size: int = 0
+    mtime: float = 0.0
+    sha1: str = ""
+    error: str | None = None
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# --- worker side -------------------------------------------------------------------
+_worker_extractor: Extractor | None = None
+_worker_max_side: int | None = None
+
+
+def _init_worker(extractor: Extractor | None, max_side: int | None) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one image per process: OpenCV's own threads would oversubscribe
+    global _worker_extractor, _worker_max_side
+    _worker_extractor, _worker_max_side = extractor, max_side
+
+
+def _load(path: Path, max_side: int | None) -> LoadedImage | ExtractedImage:
+    try:
+        return load_image(path, max_side)
+    except ImageError as exc:
+        return ExtractedImage(path, None, error=str(exc))
+    except MemoryError:
+        return ExtractedImage(path, None, error="out of memory while decoding")
+
+
+def _from_loaded(path: Path, image: LoadedImage, features: Features) -> ExtractedImage:
+    return ExtractedImage(path, features, image.file_size, image.mtime, image.sha1)
+
+
+def _decode_and_extract(path: Path) -> ExtractedImage:
+    loaded = _load(path, _worker_max_side)
+    if isinstance(loaded, ExtractedImage):
+        return loaded
+    try:
+        features = _worker_extractor.extract(loaded.gray, loaded.scale, loaded.size)
+    except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
+        return ExtractedImage(path, None, error=f"feature extraction failed ({exc})")
+    return _from_loaded(path, loaded, features)
+
+
+def _decode_only(path: Path) -> LoadedImage | ExtractedImage:
+    return _load(path, _worker_max_side)
+
+
+# --- main side ---------------------------------------------------------------------
+def _ordered(executor: ProcessPoolExecutor | None, function, paths: list[Path], window: int) -> Iterator:
+    """Apply `function` to every path, at most `window` in flight, results in order."""
+    if executor is None:
+        yield from (function(path) for path in paths)
+        return
+    pending: deque[tuple[Path, Future]] = deque()
+    remaining = iter(paths)
+    for path in remaining:
+        pending.append((path, executor.submit(function, path)))
+        if len(pending) >= window:
+            break
+    while pending:
+        path, future = pending.popleft()
+        try:
+            yield future.result()
+        except BrokenProcessPool:
+            # A worker died (e.g. a decoder crash): report this file; the pool is unusable,
+            # so finish the rest in this process.
+            yield ExtractedImage(path, None, error="decoder crashed on this file")
+            for other, _ in pending:
+                yield function(other)
+            yield from (function(other) for other in remaining)
+            return
+        for path in remaining:
+            pending.append((path, executor.submit(function, path)))
+            break
+
+
+def extract_images(
+    paths: Iterable[str | os.PathLike],
+    extractor: Extractor,
+    max_side: int | None = 1024,
+    workers: int | None = None,
+    batch_size: int = 8,
+) -> Iterator[ExtractedImage]:
+    """Yield an `ExtractedImage` per path, in input order, decoding each file once.
+
+    workers: processes for decoding (and for extraction with CPU extractors); None
+    uses every core; 1 runs everything in this process.
+    """
+    paths = [Path(p) for p in paths]
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    in_main = extractor.runs_in_main_process
+    use_pool = workers > 1 and len(paths) > 1
+    executor = None
+    if use_pool:
+        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        executor = ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_init_worker,
+            initargs=(None if in_main else extractor, max_side),
+        )
+    else:
+        _init_worker(None if in_main else extractor, max_side)
+    window = 4 * workers + batch_size
+    try:
+        if not in_main:
+            yield from _ordered(executor, _decode_and_extract, paths, window)
+        else:
+            yield from _batched_in_main(_ordered(executor, _decode_only, paths, window),
+                                        paths, extractor, batch_size)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _batched_in_main(loaded: Iterator, paths: list[Path], extractor: Extractor,
+                     batch_size: int) -> Iterator[ExtractedImage]:
+    batch: list[tuple[Path, LoadedImage]] = []
+
+    def flush() -> Iterator[ExtractedImage]:
+        try:
+            features = extractor.extract_batch([im.gray for _, im in batch], [im.scale for _, im in batch],
+                                               [im.size for _, im in batch])
+        except Exception as exc:  # noqa: BLE001 - retry one by one to isolate the culprit
+            if len(batch) == 1:
+                yield ExtractedImage(batch[0][0], None, error=f"feature extraction failed ({exc})")
+                return
+            features = []
+            for path, image in batch:
+                try:
+                    features.append(extractor.extract(image.gray, image.scale, image.size))
+                except Exception as inner:  # noqa: BLE001
+                    features.append(inner)
+        for (path, image), result in zip(batch, features):
+            if isinstance(result, Exception):
+                yield ExtractedImage(path, None, error=f"feature extraction failed ({result})")
+            else:
+                yield _from_loaded(path, image, result)
+
+    # Results must come out in input order, so failed decodes wait behind the batch.
+    held: list[ExtractedImage | tuple[Path, LoadedImage]] = []
+    for path, item in zip(paths, loaded):
+        if isinstance(item, ExtractedImage):
+            held.append(item)
+        else:
+            held.append((path, item))
+            batch.append((path, item))
+        if len(batch) >= batch_size:
+            done = iter(flush())
+            for entry in held:
+                yield entry if isinstance(entry, ExtractedImage) else next(done)
+            held, batch = [], []
+    done = iter(flush()) if batch else iter(())
+    for entry in held:
+        yield entry if isinstance(entry, ExtractedImage) else next(done)

@@ -1,0 +1,425 @@
+"""`Index`: build, search, update and persist a VLAD image index.
+
+The build makes one pass over the images. They are visited in a seeded random order;
+the first `codebook_images` of that order form the training set: their descriptors
+feed a bounded reservoir sample for k-means and wait, compactly on disk (float16),
+for the codebook. Once it is trained, the waiting images are encoded and every later
+image is encoded as soon as it is extracted. Memory is bounded by the sample, not by
+the collection.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vladsearch import __version__
+from vladsearch import storage
+from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample
+from vladsearch.extraction import ExtractedImage, extract_images
+from vladsearch.features import extractor_class, get_extractor
+from vladsearch.features.base import Extractor
+from vladsearch.images import IMAGE_EXTENSIONS, list_images
+from vladsearch.index_backend import FaissBackend
+from vladsearch.progress import progress_bar
+from vladsearch.search import Match, SearchResult, top_k
+from vladsearch.vlad import PCAWhitening, normalize_vlad, vlad
+
+
+@dataclass
+class BuildParams:
+    """Every parameter that decides how an image becomes a vector (saved in the manifest)."""
+
+    features: str = "sift"
+    clusters: int = 64
+    max_side: int | None = 1024
+    max_keypoints: int | None = None  # None: the extractor's own default
+    power: float | None = 0.5         # signed square root, as in the notebook
+    intra: bool = True
+    pca: int = 0                      # 0: no PCA; else output dimension
+    whiten: bool = True
+    factory: str = "Flat"
+    codebook_images: int = 500
+    restarts: int = 3
+    seed: int = 0
+
+
+@dataclass
+class Report:
+    """What happened to the files of one build/add call."""
+
+    indexed: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
+    no_keypoints: list[str] = field(default_factory=list)
+
+
+class _DescriptorCache:
+    """Descriptors of training images waiting for the codebook: one float16 file on disk."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = Path(directory) / "descriptors.f16"
+        self.handle = open(self.path, "wb")
+        self.entries: list[tuple[ExtractedImage, int, int]] = []
+        self.rows = 0
+        self.dim = 0
+
+    def append(self, item: ExtractedImage) -> None:
+        descriptors = item.features.descriptors
+        self.dim = descriptors.shape[1]
+        self.handle.write(descriptors.astype(np.float16).tobytes())
+        self.entries.append((item, self.rows, len(descriptors)))
+        self.rows += len(descriptors)
+        item.features.descriptors = None  # release: the cache holds them now
+
+    def __iter__(self):
+        self.handle.close()
+        table = (np.memmap(self.path, np.float16, "r", shape=(self.rows, self.dim))
+                 if self.rows else np.zeros((0, self.dim), np.float16))
+        for item, offset, count in self.entries:
+            item.features.descriptors = np.asarray(table[offset:offset + count], np.float32)
+            yield item
+
+
+class Index:
+    """A VLAD index over a collection of images; see the module docstring for the build."""
+
+    def __init__(self, params: BuildParams, root: Path) -> None:
+        self.params = params
+        self.root = Path(root)
+        self.table = storage.ImageTable()
+        self.codebook: Codebook | None = None
+        self.pca: PCAWhitening | None = None
+        self.backend: FaissBackend | None = None
+        self.feature_config: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self.report = Report()
+        self.path: Path | None = None
+        self.created: dict[str, Any] = {}
+        self._extractor: Extractor | None = None
+        self._weights: str | None = None
+
+    # --- construction --------------------------------------------------------------
+    @classmethod
+    def build(cls, images: str | os.PathLike, *, features: str = "sift", clusters: int = 64,
+              weights: str | None = None, workers: int | None = None, progress: bool = True,
+              **params: Any) -> Index:
+        """Index every image under the folder `images` (not saved: call `save`)."""
+        extractor_class(features)  # unknown names fail before any work
+        root = Path(images)
+        paths = list_images(root)
+        if not paths:
+            raise ValueError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        index = cls(BuildParams(features=features, clusters=clusters, **params), root.resolve())
+        index._weights = weights
+        index._run_build(paths, workers, progress)
+        return index
+
+    def extractor(self) -> Extractor:
+        """The extractor that encodes images for this index (built on first use)."""
+        if self._extractor is None:
+            cls = extractor_class(self.params.features)
+            accepted = set(inspect.signature(cls.__init__).parameters)
+            recorded = {k: v for k, v in self.feature_config.items() if k in accepted}
+            options = {"max_keypoints": self.params.max_keypoints, **recorded, "weights": self._weights}
+            extractor = get_extractor(self.params.features,
+                                      **{k: v for k, v in options.items() if k in accepted})
+            expected = self.feature_config.get("weights_sha256")
+            found = getattr(extractor, "weights_sha256", None)
+            if expected and found and expected != found:
+                raise ValueError(
+                    f"this index was built with {self.params.features} weights sha256 {expected[:12]}…, "
+                    f"but the weights found now have sha256 {found[:12]}…; pass the same file with "
+                    "--weights, or rebuild the index"
+                )
+            self._extractor = extractor
+        return self._extractor
+
+    def _run_build(self, paths: list[Path], workers: int | None, progress: bool) -> None:
+        p = self.params
+        extractor = self.extractor()
+        self.feature_config = extractor.config()
+        self.codebook = Codebook(p.clusters, restarts=p.restarts, seed=p.seed)
+        self.backend = None
+        order = np.random.default_rng(p.seed).permutation(len(paths))
+        train_count = min(len(paths), p.codebook_images)
+        sample = DescriptorSample(SAMPLE_POINTS_PER_CLUSTER * p.clusters, seed=p.seed)
+        timings = {"codebook": 0.0, "encode": 0.0, "index": 0.0}
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="vladsearch-") as scratch:
+            cache = _DescriptorCache(scratch)
+            stream = extract_images([paths[i] for i in order], extractor, p.max_side, workers)
+            bar = progress_bar(stream, total=len(paths), desc="extract+encode", enabled=progress)
+            batch: list[ExtractedImage] = []
+            for position, item in enumerate(bar):
+                if position < train_count:
+                    if item.features is not None:
+                        sample.add(item.features.descriptors)
+                        cache.append(item)
+                    else:
+                        self._record(item, None)
+                    if position == train_count - 1:
+                        self._train(sample.sample(), cache, timings)
+                    continue
+                batch.append(item)
+                if len(batch) >= 256:
+                    self._encode_and_add(batch, timings)
+                    batch = []
+            self._encode_and_add(batch, timings)
+        timings["extract"] = time.perf_counter() - start - sum(timings.values())
+        self.timings = {"extract": timings["extract"], **{k: timings[k] for k in ("codebook", "encode", "index")}}
+        if self.backend is None or self.backend.ntotal == 0 and self.table.count(storage.STATUS_INDEXED) == 0:
+            reasons = "; ".join(f"{path}: {why}" for path, why in self.report.skipped[:5])
+            raise ValueError(f"none of the {len(paths)} images could be indexed ({reasons})")
+
+    def _train(self, sample: np.ndarray, cache: _DescriptorCache, timings: dict[str, float]) -> None:
+        t0 = time.perf_counter()
+        if len(sample) == 0:
+            raise ValueError("the training images have no keypoints at all; check the images or --features")
+        self.codebook.fit(sample)
+        timings["codebook"] += time.perf_counter() - t0
+        items = list(cache)
+        t0 = time.perf_counter()
+        raw = self._raw_vlads([item.features.descriptors for item in items])
+        if self.params.pca:
+            self.pca = PCAWhitening(self.params.pca, whiten=self.params.whiten).fit(raw[np.any(raw, axis=1)])
+        vectors = self._finish_vectors(raw)
+        timings["encode"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.backend = FaissBackend.create(vectors.shape[1], self.params.factory)
+        self.backend.train(vectors)
+        self._add_vectors(items, vectors)
+        timings["index"] += time.perf_counter() - t0
+
+    # --- encoding ------------------------------------------------------------------
+    def _raw_vlads(self, descriptor_sets: list[np.ndarray]) -> np.ndarray:
+        k, d = self.codebook.centroids_.shape
+        raw = np.zeros((len(descriptor_sets), k * d), np.float32)
+        for row, descriptors in enumerate(descriptor_sets):
+            raw[row] = vlad(descriptors, self.codebook.centroids_, self.codebook.assign(descriptors))
+        return raw
+
+    def _finish_vectors(self, raw: np.ndarray) -> np.ndarray:
+        """Normalise (and project) raw VLADs; images without keypoints stay zero vectors."""
+        empty = ~np.any(raw, axis=1)
+        vectors = normalize_vlad(raw, self.params.clusters, self.params.power, self.params.intra)
+        if self.pca is not None:
+            vectors = self.pca.transform(vectors)
+        vectors[empty] = 0.0
+        return np.ascontiguousarray(vectors, np.float32)
+
+    def encode(self, descriptor_sets: list[np.ndarray]) -> np.ndarray:
+        """Final index vectors of images given their descriptors: n × dim float32."""
+        if self.codebook is None:
+            raise RuntimeError("the index has no codebook yet")
+        return self._finish_vectors(self._raw_vlads(descriptor_sets))
+
+    def _encode_and_add(self, items: list[ExtractedImage], timings: dict[str, float]) -> None:
+        usable = []
+        for item in items:
+            if item.features is None:
+                self._record(item, None)
+            else:
+                usable.append(item)
+        if not usable:
+            return
+        t0 = time.perf_counter()
+        vectors = self.encode([item.features.descriptors for item in usable])
+        timings["encode"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self._add_vectors(usable, vectors)
+        timings["index"] += time.perf_counter() - t0
+
+    def _add_vectors(self, items: list[ExtractedImage], vectors: np.ndarray) -> None:
+        first = self.table.next_id()
+        ids = np.arange(first, first + len(items), dtype=np.int64)
+        for image_id, item in zip(ids, items):
+            self._record(item, int(image_id))
+        self.backend.add(vectors, ids)
+
+    def _relative(self, path: Path) -> str:
+        resolved = Path(os.path.abspath(path))
+        try:
+            return resolved.relative_to(self.root).as_posix()
+        except ValueError:
+            return resolved.as_posix()
+
+    def _record(self, item: ExtractedImage, image_id: int | None) -> None:
+        relative = self._relative(item.path)
+        if item.features is None:
+            self.report.skipped.append((relative, item.error or "unknown error"))
+            existing = self.table.find(relative)
+            if existing is None or existing["status"] == storage.STATUS_SKIPPED:
+                self.table.insert(id=existing["id"] if existing else self.table.next_id(), path=relative,
+                                  status=storage.STATUS_SKIPPED, reason=item.error)
+            return
+        status = storage.STATUS_INDEXED
+        if len(item.features) == 0:
+            status = storage.STATUS_NO_KEYPOINTS
+            self.report.no_keypoints.append(relative)
+        self.report.indexed += 1
+        width, height = item.features.image_size
+        self.table.insert(id=image_id, path=relative, status=status,
+                          reason="no keypoints detected" if status == storage.STATUS_NO_KEYPOINTS else None,
+                          file_size=item.file_size, mtime=item.mtime, sha1=item.sha1, width=width,
+                          height=height, keypoints=len(item.features))
+
+    # --- queries -------------------------------------------------------------------
+    def search(self, queries: list[str | os.PathLike], top: int = 10, workers: int | None = None,
+               progress: bool = False) -> list[SearchResult]:
+        """Top-`top` database images for each query image file (or folder of them)."""
+        if top < 1:
+            raise ValueError(f"--top must be at least 1, got {top}")
+        expanded = _expand_queries(queries)
+        results: list[SearchResult] = []
+        stream = extract_images([path for _, path in expanded], self.extractor(), self.params.max_side, workers)
+        items = list(progress_bar(stream, total=len(expanded), desc="queries", enabled=progress))
+        good = [i for i, item in enumerate(items) if item.features is not None]
+        vectors = self.encode([items[i].features.descriptors for i in good]) if good else None
+        D, I = self.search_vectors(vectors, top) if good else (None, None)
+        rows = dict(zip(good, range(len(good))))
+        names = self.table.paths_of([int(i) for i in I.ravel() if i >= 0]) if good else {}
+        for position, ((given, _), item) in enumerate(zip(expanded, items)):
+            if item.features is None:
+                results.append(SearchResult(given, [], error=item.error))
+                continue
+            scores, ids = top_k(D[rows[position]], I[rows[position]], top)
+            results.append(SearchResult(given, [Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids)]))
+        return results
+
+    def search_vectors(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss-style search: xq nq×dim float32 -> (D nq×k scores, I nq×k image ids, -1 padded)."""
+        return self.backend.search(np.ascontiguousarray(xq, np.float32), min(k, max(self.backend.ntotal, 1)))
+
+    # --- updates -------------------------------------------------------------------
+    def add(self, paths: list[str | os.PathLike], workers: int | None = None, progress: bool = True) -> Report:
+        """Encode more images with the existing codebook; unchanged files are skipped."""
+        files = [f for given in paths for f in list_images(given)]
+        self.report = Report()
+        todo = []
+        for path in files:
+            existing = self.table.find(self._relative(path))
+            if existing and existing["status"] != storage.STATUS_SKIPPED and existing["mtime"] == os.stat(path).st_mtime \
+                    and existing["file_size"] == os.stat(path).st_size:
+                self.report.unchanged += 1
+            else:
+                todo.append(path)
+        timings = {"codebook": 0.0, "encode": 0.0, "index": 0.0}
+        stream = extract_images(todo, self.extractor(), self.params.max_side, workers)
+        batch = []
+        for item in progress_bar(stream, total=len(todo), desc="add", enabled=progress):
+            if item.features is not None:
+                existing = self.table.find(self._relative(item.path))
+                if existing and existing["status"] != storage.STATUS_SKIPPED:
+                    self.remove_ids([existing["id"]])
+            batch.append(item)
+            if len(batch) >= 256:
+                self._encode_and_add(batch, timings)
+                batch = []
+        self._encode_and_add(batch, timings)
+        return self.report
+
+    def remove(self, images: list[str | os.PathLike]) -> list[str]:
+        """Drop images by their indexed path (or a filesystem path to them); returns the missing ones."""
+        missing, ids = [], []
+        for image in images:
+            row = self.table.find(str(image).replace(os.sep, "/")) or self.table.find(self._relative(Path(image)))
+            if row is None:
+                missing.append(str(image))
+            else:
+                ids.append(row["id"])
+        self.remove_ids(ids)
+        return missing
+
+    def remove_ids(self, ids: list[int]) -> None:
+        if ids:
+            self.backend.remove(np.asarray(ids, np.int64))
+            self.table.delete(ids)
+
+    # --- persistence ---------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "created_by": __version__,
+            "created": self.created or {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "root": str(self.root)},
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "root": str(self.root),
+            "params": vars(self.params),
+            "features": self.feature_config,
+            "weights_path": self._weights,
+            "dim": self.backend.dim,
+            "counts": {"images": self.table.count(), "vectors": int(self.backend.ntotal),
+                       "indexed": self.table.count(storage.STATUS_INDEXED),
+                       "no_keypoints": self.table.count(storage.STATUS_NO_KEYPOINTS),
+                       "skipped": self.table.count(storage.STATUS_SKIPPED)},
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index directory atomically (see vladsearch.storage)."""
+        path = Path(path)
+        staging, name = storage.prepare_generation(path)
+        try:
+            np.save(staging / "codebook.npy", self.codebook.centroids_)
+            if self.pca is not None:
+                np.savez(staging / "pca.npz", **self.pca.state())
+            self.backend.save(staging / "index.faiss")
+            self.table.save(staging / "images.sqlite")
+            storage.commit_generation(path, staging, name, self.manifest())
+        except BaseException:
+            storage.discard_generation(staging)
+            raise
+        self.path = path
+        return path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, weights: str | None = None) -> Index:
+        """Load a saved index; fails clearly on a foreign or incompatible directory."""
+        manifest = storage.read_manifest(path)
+        data = storage.generation_dir(Path(path), manifest)
+        params = BuildParams(**{k: v for k, v in manifest["params"].items() if k in BuildParams.__dataclass_fields__})
+        index = cls(params, Path(manifest["root"]))
+        index.feature_config = manifest["features"]
+        index._weights = weights or manifest.get("weights_path")
+        index.created = manifest.get("created", {})
+        index.timings = manifest.get("timings", {})
+        index.codebook = Codebook.from_centroids(np.load(data / "codebook.npy", allow_pickle=False))
+        if (data / "pca.npz").exists():
+            with np.load(data / "pca.npz", allow_pickle=False) as arrays:
+                index.pca = PCAWhitening.from_state(dict(arrays), whiten=params.whiten)
+        index.backend = FaissBackend.load(data / "index.faiss", params.factory)
+        index.table = storage.ImageTable.load(data / "images.sqlite")
+        index.path = Path(path)
+        return index
+
+    def image_paths(self) -> list[str]:
+        """Relative paths of the images in the faiss index, in id order."""
+        return [row["path"] for row in self.table.rows() if row["status"] != storage.STATUS_SKIPPED]
+
+    def info(self) -> dict[str, Any]:
+        info = self.manifest()
+        info["skipped_files"] = [{"path": r["path"], "reason": r["reason"]}
+                                 for r in self.table.rows(storage.STATUS_SKIPPED)]
+        info["no_keypoint_files"] = [r["path"] for r in self.table.rows(storage.STATUS_NO_KEYPOINTS)]
+        return info
+
+
+def _expand_queries(queries: list[str | os.PathLike]) -> list[tuple[str, Path]]:
+    """(name as given, file) pairs: a folder expands to its images, named by their paths."""
+    expanded: list[tuple[str, Path]] = []
+    for query in queries:
+        path = Path(query)
+        if path.is_dir():
+            files = list_images(path)
+            if not files:
+                raise ValueError(f"no images found in query folder {path}")
+            expanded.extend((str(f), f) for f in files)
+        else:
+            expanded.append((str(query), path))  # a missing file is reported as that query's error
+    return expanded
