@@ -5,7 +5,7 @@ local features -> k-means visual words -> VLAD vector per image -> faiss index -
 
 __version__ = "0.1.0"
 
-from vladsearch.index import BuildParams, Index  # noqa: E402
-from vladsearch.search import Match, SearchResult  # noqa: E402
+from vladsearch.index import BuildParams, Index
+from vladsearch.search import Match, SearchResult
 
 __all__ = ["BuildParams", "Index", "Match", "SearchResult", "__version__"]

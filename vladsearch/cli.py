@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from vladsearch import __version__
 from vladsearch.features import EXTRACTORS
@@ -72,6 +71,8 @@ def _build_parser() -> argparse.ArgumentParser:
     output = search.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--csv", action="store_true", help="print CSV")
+    search.add_argument("--nprobe", type=_positive_int, default=None,
+                        help="IVF indexes: lists to visit per query (more = slower, more exact)")
     search.add_argument("--weights", metavar="PATH", help="weights file (default: the one recorded at build)")
     _add_common(search)
 
@@ -90,12 +91,9 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("index", metavar="INDEX")
     info.add_argument("--json", action="store_true")
 
-    try:
-        from vladsearch.evaluate import add_cli as add_evaluate
-    except ImportError:  # evaluation module not installed in this build
-        add_evaluate = None
-    if add_evaluate is not None:
-        add_evaluate(commands)
+    from vladsearch.evaluate import add_cli as add_evaluate
+
+    add_evaluate(commands)
     return parser
 
 
@@ -141,7 +139,7 @@ def _cmd_search(args) -> int:
     from vladsearch import Index
 
     index = Index.open(args.index, weights=args.weights)
-    results = index.search(args.queries, top=args.top, workers=args.workers,
+    results = index.search(args.queries, top=args.top, workers=args.workers, nprobe=args.nprobe,
                            progress=not args.quiet and not args.json and not args.csv)
     if args.json:
         print(results_to_json(results))
@@ -204,12 +202,7 @@ COMMANDS = {"build": _cmd_build, "search": _cmd_search, "add": _cmd_add, "remove
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if args.command not in COMMANDS:
-        from vladsearch.evaluate import run_cli
-
-        handler = run_cli
-    else:
-        handler = COMMANDS[args.command]
+    handler = COMMANDS.get(args.command) or args.func  # subcommands of other modules set func
     try:
         return handler(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:

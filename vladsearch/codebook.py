@@ -93,8 +93,13 @@ class DescriptorSample:
         if n == 0:
             return
         if self.rows is None:
-            self.rows = np.empty((self.capacity, descriptors.shape[1]), np.float32)
+            self.rows = np.empty((min(self.capacity, max(2 * n, 4096)), descriptors.shape[1]), np.float32)
         take = min(n, self.capacity - self.filled)
+        if self.filled + take > len(self.rows):  # grow by doubling, never past capacity
+            grown = np.empty((min(self.capacity, max(2 * len(self.rows), self.filled + take)), self.rows.shape[1]),
+                             np.float32)
+            grown[: self.filled] = self.rows[: self.filled]
+            self.rows = grown
         if take:
             self.rows[self.filled:self.filled + take] = descriptors[:take]
             self.filled += take

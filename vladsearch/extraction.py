@@ -9,6 +9,7 @@ come back in input order. A file that fails is reported, never raised.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -17,7 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-import multiprocessing
+import cv2
 
 from vladsearch.features.base import Extractor, Features
 from vladsearch.images import ImageError, LoadedImage, load_image
@@ -45,9 +46,6 @@ _worker_max_side: int | None = None
 
 
 def _init_worker(extractor: Extractor | None, max_side: int | None) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one image per process: OpenCV's own threads would oversubscribe
     global _worker_extractor, _worker_max_side
     _worker_extractor, _worker_max_side = extractor, max_side
 
@@ -81,8 +79,12 @@ def _decode_only(path: Path) -> LoadedImage | ExtractedImage:
 
 
 # --- main side ---------------------------------------------------------------------
-def _ordered(executor: ProcessPoolExecutor | None, function, paths: list[Path], window: int) -> Iterator:
-    """Apply `function` to every path, at most `window` in flight, results in order."""
+def _ordered(executor: ProcessPoolExecutor | None, function, paths: list[Path], window: int,
+             init_here=None) -> Iterator:
+    """Apply `function` to every path, at most `window` in flight, results in order.
+
+    init_here() prepares this process to run `function` itself if the pool breaks.
+    """
     if executor is None:
         yield from (function(path) for path in paths)
         return
@@ -100,6 +102,7 @@ def _ordered(executor: ProcessPoolExecutor | None, function, paths: list[Path], 
             # A worker died (e.g. a decoder crash): report this file; the pool is unusable,
             # so finish the rest in this process.
             yield ExtractedImage(path, None, error="decoder crashed on this file")
+            init_here()
             for other, _ in pending:
                 yield function(other)
             yield from (function(other) for other in remaining)
@@ -128,8 +131,15 @@ def extract_images(
     in_main = extractor.runs_in_main_process
     use_pool = workers > 1 and len(paths) > 1
     executor = None
+    cv2_threads = cv2.getNumThreads()
     if use_pool:
-        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        # One image per process, so OpenCV's own threads would only oversubscribe. Set it
+        # here, before the fork: a forked child must not touch OpenCV's thread pool, whose
+        # threads did not survive the fork (cv2.setNumThreads there can deadlock).
+        cv2.setNumThreads(1)
+        # fork starts workers at once and, unlike spawn/forkserver, does not re-run the
+        # caller's __main__ (a user script without a main guard still works).
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         executor = ProcessPoolExecutor(
             max_workers=workers, mp_context=context, initializer=_init_worker,
             initargs=(None if in_main else extractor, max_side),
@@ -137,15 +147,20 @@ def extract_images(
     else:
         _init_worker(None if in_main else extractor, max_side)
     window = 4 * workers + batch_size
+
+    def init_here() -> None:
+        _init_worker(None if in_main else extractor, max_side)
+
     try:
         if not in_main:
-            yield from _ordered(executor, _decode_and_extract, paths, window)
+            yield from _ordered(executor, _decode_and_extract, paths, window, init_here)
         else:
-            yield from _batched_in_main(_ordered(executor, _decode_only, paths, window),
+            yield from _batched_in_main(_ordered(executor, _decode_only, paths, window, init_here),
                                         paths, extractor, batch_size)
     finally:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+        cv2.setNumThreads(cv2_threads)
 
 
 def _batched_in_main(loaded: Iterator, paths: list[Path], extractor: Extractor,

@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vladsearch import __version__
-from vladsearch import storage
+from vladsearch import __version__, storage
 from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample
 from vladsearch.extraction import ExtractedImage, extract_images
 from vladsearch.features import extractor_class, get_extractor
@@ -66,7 +65,7 @@ class _DescriptorCache:
 
     def __init__(self, directory: str) -> None:
         self.path = Path(directory) / "descriptors.f16"
-        self.handle = open(self.path, "wb")
+        self.handle = open(self.path, "wb")  # noqa: SIM115 - closed when the cache is read back
         self.entries: list[tuple[ExtractedImage, int, int]] = []
         self.rows = 0
         self.dim = 0
@@ -189,7 +188,8 @@ class Index:
         t0 = time.perf_counter()
         raw = self._raw_vlads([item.features.descriptors for item in items])
         if self.params.pca:
-            self.pca = PCAWhitening(self.params.pca, whiten=self.params.whiten).fit(raw[np.any(raw, axis=1)])
+            normalized = normalize_vlad(raw, self.params.clusters, self.params.power, self.params.intra)
+            self.pca = PCAWhitening(self.params.pca, whiten=self.params.whiten).fit(normalized[np.any(raw, axis=1)])
         vectors = self._finish_vectors(raw)
         timings["encode"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -273,7 +273,7 @@ class Index:
 
     # --- queries -------------------------------------------------------------------
     def search(self, queries: list[str | os.PathLike], top: int = 10, workers: int | None = None,
-               progress: bool = False) -> list[SearchResult]:
+               progress: bool = False, nprobe: int | None = None) -> list[SearchResult]:
         """Top-`top` database images for each query image file (or folder of them)."""
         if top < 1:
             raise ValueError(f"--top must be at least 1, got {top}")
@@ -283,7 +283,7 @@ class Index:
         items = list(progress_bar(stream, total=len(expanded), desc="queries", enabled=progress))
         good = [i for i, item in enumerate(items) if item.features is not None]
         vectors = self.encode([items[i].features.descriptors for i in good]) if good else None
-        D, I = self.search_vectors(vectors, top) if good else (None, None)
+        D, I = self.search_vectors(vectors, top, nprobe) if good else (None, None)
         rows = dict(zip(good, range(len(good))))
         names = self.table.paths_of([int(i) for i in I.ravel() if i >= 0]) if good else {}
         for position, ((given, _), item) in enumerate(zip(expanded, items)):
@@ -294,9 +294,9 @@ class Index:
             results.append(SearchResult(given, [Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids)]))
         return results
 
-    def search_vectors(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_vectors(self, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """faiss-style search: xq nq×dim float32 -> (D nq×k scores, I nq×k image ids, -1 padded)."""
-        return self.backend.search(np.ascontiguousarray(xq, np.float32), min(k, max(self.backend.ntotal, 1)))
+        return self.backend.search(np.ascontiguousarray(xq, np.float32), min(k, max(self.backend.ntotal, 1)), nprobe)
 
     # --- updates -------------------------------------------------------------------
     def add(self, paths: list[str | os.PathLike], workers: int | None = None, progress: bool = True) -> Report:

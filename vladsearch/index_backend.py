@@ -74,8 +74,13 @@ class FaissBackend:
     def remove(self, ids: np.ndarray) -> int:
         return int(self.index.remove_ids(np.ascontiguousarray(ids, np.int64)))
 
-    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """xq nq×d float32 -> (D nq×k similarities, I nq×k ids; -1 where fewer than k)."""
+    def search(self, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """xq nq×d float32 -> (D nq×k similarities, I nq×k ids; -1 where fewer than k).
+
+        nprobe: IVF lists visited (more is slower and more exact); ignored by other indexes.
+        """
+        if nprobe is not None and self._is_ivf():
+            _faiss().extract_index_ivf(self.index).nprobe = nprobe
         return self.index.search(xq, k)
 
     def save(self, path: Path) -> None:

@@ -82,11 +82,11 @@ def generation_dir(index_dir: Path, manifest: dict[str, Any]) -> Path:
 def prepare_generation(index_dir: str | os.PathLike) -> tuple[Path, str]:
     """Create an empty staging directory for the next generation; return (path, name)."""
     index_dir = Path(index_dir)
-    if index_dir.exists() and not (index_dir / MANIFEST).exists():
-        if not index_dir.is_dir() or any(index_dir.iterdir()):
-            raise FileExistsError(
-                f"{index_dir} exists and is not a vladsearch index; choose another --index path"
-            )
+    occupied = index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir()))
+    if occupied and not (index_dir / MANIFEST).exists():
+        raise FileExistsError(
+            f"{index_dir} exists and is not a vladsearch index; choose another --index path"
+        )
     index_dir.mkdir(parents=True, exist_ok=True)
     numbers = [int(p.name.split("-")[1].split(".")[0]) for p in index_dir.glob("gen-*")
                if p.name.split("-")[1].split(".")[0].isdigit()]
