@@ -60,6 +60,10 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="faiss index factory string (default Flat = exact; e.g. IVF1024,PQ32 or HNSW32)")
     build.add_argument("--codebook-images", type=_positive_int, default=500,
                        help="images sampled to train the codebook (default 500)")
+    build.add_argument("--keep-features", type=int, nargs="?", const=1024, default=0, metavar="N",
+                       help="cache the N strongest local features per image (default N 1024, about "
+                            "264 KiB per image for SIFT) so that `search --rerank` never re-decodes "
+                            "database images; without it reranking decodes them again")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--json", action="store_true", help="print the build report as JSON")
     _add_common(build)
@@ -71,6 +75,13 @@ def _build_parser() -> argparse.ArgumentParser:
     output = search.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--csv", action="store_true", help="print CSV")
+    search.add_argument("--rerank", type=int, default=0, metavar="N",
+                        help="verify the N best candidates by matching local features and fitting a "
+                             "homography (MAGSAC); verified matches move to the top (default 0: off)")
+    search.add_argument("--verified-only", action="store_true",
+                        help="with --rerank: drop unverified matches (an empty list means 'not in the collection')")
+    search.add_argument("--query-expansion", "--qe", type=int, default=0, metavar="N",
+                        help="search again with the query averaged with its N best (verified) matches (αQE)")
     search.add_argument("--nprobe", type=_positive_int, default=None,
                         help="IVF indexes: lists to visit per query (more = slower, more exact)")
     search.add_argument("--weights", metavar="PATH", help="weights file (default: the one recorded at build)")
@@ -125,7 +136,8 @@ def _cmd_build(args) -> int:
         args.photos, features=args.features, clusters=args.clusters, weights=args.weights,
         workers=args.workers, progress=not args.quiet, max_side=args.max_side or None,
         max_keypoints=args.max_keypoints, pca=args.pca, whiten=not args.no_whiten, intra=not args.no_intra,
-        power=args.power, factory=args.factory, codebook_images=args.codebook_images, seed=args.seed)
+        power=args.power, factory=args.factory, codebook_images=args.codebook_images, seed=args.seed,
+        keep_features=args.keep_features)
     index.save(args.index)
     timings = {k: round(v, 3) for k, v in index.timings.items()}
     _print_report(index.report, args.json, {"index": args.index, "timings": timings})
@@ -140,6 +152,8 @@ def _cmd_search(args) -> int:
 
     index = Index.open(args.index, weights=args.weights)
     results = index.search(args.queries, top=args.top, workers=args.workers, nprobe=args.nprobe,
+                           rerank=args.rerank, verified_only=args.verified_only,
+                           query_expansion=args.query_expansion,
                            progress=not args.quiet and not args.json and not args.csv)
     if args.json:
         print(results_to_json(results))
@@ -208,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"vladsearch: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("vladsearch: interrupted; the index on disk is unchanged", file=sys.stderr)
         return 130

@@ -34,6 +34,7 @@ class ExtractedImage:
     mtime: float = 0.0
     sha1: str = ""
     error: str | None = None
+    feature_rows: tuple[int, int] | None = None  # (offset, count) in the index's feature cache
 
 
 def default_workers() -> int:

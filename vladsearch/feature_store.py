@@ -54,7 +54,8 @@ class FeatureStore:
     read from disk; the maps are reopened lazily when rows were appended since.
     """
 
-    def __init__(self, directory: str | os.PathLike, dim: int, mode: str = "r") -> None:
+    def __init__(self, directory: str | os.PathLike, dim: int, mode: str = "r",
+                 committed_rows: int | None = None) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         if dim <= 0:
@@ -73,6 +74,8 @@ class FeatureStore:
                                         "rebuild the index with reranking enabled to cache local features")
             self._check_metadata()
             self._rows = self._complete_rows()
+            if committed_rows is not None:  # rows past the manifest's count were never committed
+                self._rows = min(self._rows, committed_rows)
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
             if (self.directory / "store.json").is_file():
@@ -80,6 +83,11 @@ class FeatureStore:
             else:
                 self._write_metadata()
             self._rows = self._complete_rows()
+            if committed_rows is not None:
+                if committed_rows > self._rows:
+                    raise ValueError(f"feature store {self.directory} holds {self._rows} rows but the index "
+                                     f"committed {committed_rows}: the cache lost data; rebuild the index")
+                self._rows = committed_rows
             # Rows beyond those complete in both files are half-written: drop them so that
             # new rows line up in keypoints.bin and descriptors.bin.
             self._truncate_files(self._rows)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,13 @@ import numpy as np
 from vladsearch import __version__, storage
 from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample
 from vladsearch.extraction import ExtractedImage, extract_images
+from vladsearch.feature_store import FeatureStore
 from vladsearch.features import extractor_class, get_extractor
 from vladsearch.features.base import Extractor
 from vladsearch.images import IMAGE_EXTENSIONS, list_images
 from vladsearch.index_backend import FaissBackend
 from vladsearch.progress import progress_bar
-from vladsearch.search import Match, SearchResult, top_k
+from vladsearch.search import SearchResult
 from vladsearch.vlad import PCAWhitening, normalize_vlad, vlad
 
 
@@ -48,6 +51,11 @@ class BuildParams:
     codebook_images: int = 500
     restarts: int = 3
     seed: int = 0
+    keep_features: int = 0            # cache the N strongest local features per image for reranking
+
+
+# Keypoints per database image used for reranking when they must be re-extracted.
+RERANK_KEYPOINTS = 1024
 
 
 @dataclass
@@ -104,6 +112,8 @@ class Index:
         self.created: dict[str, Any] = {}
         self._extractor: Extractor | None = None
         self._weights: str | None = None
+        self.store: FeatureStore | None = None   # cached local features (keep_features)
+        self._store_name: str | None = None
 
     # --- construction --------------------------------------------------------------
     @classmethod
@@ -158,6 +168,7 @@ class Index:
             bar = progress_bar(stream, total=len(paths), desc="extract+encode", enabled=progress)
             batch: list[ExtractedImage] = []
             for position, item in enumerate(bar):
+                self._cache_features(item)
                 if position < train_count:
                     if item.features is not None:
                         sample.add(item.features.descriptors)
@@ -177,6 +188,26 @@ class Index:
         if self.backend is None or self.backend.ntotal == 0 and self.table.count(storage.STATUS_INDEXED) == 0:
             reasons = "; ".join(f"{path}: {why}" for path, why in self.report.skipped[:5])
             raise ValueError(f"none of the {len(paths)} images could be indexed ({reasons})")
+
+    def _cache_features(self, item: ExtractedImage) -> None:
+        """Append an image's strongest local features to the feature cache (when kept)."""
+        if not self.params.keep_features or item.features is None:
+            return
+        if self.store is None or self.store.mode != "a":
+            self._open_store_for_writing()
+        item.feature_rows = self.store.append(item.features, max_keypoints=self.params.keep_features)
+
+    def _open_store_for_writing(self) -> None:
+        dim = int(self.feature_config.get("dim") or self.extractor().dim)
+        if self.store is None:  # a new cache, moved into the index directory by save()
+            self._store_name = f"features-{uuid.uuid4().hex[:12]}"
+            directory = Path(tempfile.mkdtemp(prefix="vladsearch-")) / self._store_name
+        else:
+            directory = self.store.directory
+            self.store.close()
+        committed = self.store.committed_rows if self.store is not None else 0
+        # Rows past the committed count were appended by a process that died before saving.
+        self.store = FeatureStore(directory, dim, mode="a", committed_rows=committed)
 
     def _train(self, sample: np.ndarray, cache: _DescriptorCache, timings: dict[str, float]) -> None:
         t0 = time.perf_counter()
@@ -269,34 +300,57 @@ class Index:
         self.table.insert(id=image_id, path=relative, status=status,
                           reason="no keypoints detected" if status == storage.STATUS_NO_KEYPOINTS else None,
                           file_size=item.file_size, mtime=item.mtime, sha1=item.sha1, width=width,
-                          height=height, keypoints=len(item.features))
+                          height=height, keypoints=len(item.features),
+                          feat_offset=item.feature_rows[0] if item.feature_rows else None,
+                          feat_count=item.feature_rows[1] if item.feature_rows else None)
 
     # --- queries -------------------------------------------------------------------
-    def search(self, queries: list[str | os.PathLike], top: int = 10, workers: int | None = None,
+    def search(self, queries: list[str | os.PathLike], top: int = 10, *, rerank: int = 0,
+               verified_only: bool = False, query_expansion: int = 0, workers: int | None = None,
                progress: bool = False, nprobe: int | None = None) -> list[SearchResult]:
-        """Top-`top` database images for each query image file (or folder of them)."""
-        if top < 1:
-            raise ValueError(f"--top must be at least 1, got {top}")
-        expanded = _expand_queries(queries)
-        results: list[SearchResult] = []
-        stream = extract_images([path for _, path in expanded], self.extractor(), self.params.max_side, workers)
-        items = list(progress_bar(stream, total=len(expanded), desc="queries", enabled=progress))
-        good = [i for i, item in enumerate(items) if item.features is not None]
-        vectors = self.encode([items[i].features.descriptors for i in good]) if good else None
-        D, I = self.search_vectors(vectors, top, nprobe) if good else (None, None)
-        rows = dict(zip(good, range(len(good))))
-        names = self.table.paths_of([int(i) for i in I.ravel() if i >= 0]) if good else {}
-        for position, ((given, _), item) in enumerate(zip(expanded, items)):
-            if item.features is None:
-                results.append(SearchResult(given, [], error=item.error))
-                continue
-            scores, ids = top_k(D[rows[position]], I[rows[position]], top)
-            results.append(SearchResult(given, [Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids)]))
-        return results
+        """Top-`top` database images for each query image file (or folder of them).
+
+        rerank: verify the best N candidates geometrically (see vladsearch.rerank);
+        verified_only: keep only verified matches (needs rerank); query_expansion: αQE
+        with the N best (verified, when reranking) neighbours.
+        """
+        from vladsearch.search import search_index
+
+        return search_index(self, queries, top=top, rerank=rerank, verified_only=verified_only,
+                            query_expansion=query_expansion, workers=workers, progress=progress, nprobe=nprobe)
 
     def search_vectors(self, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """faiss-style search: xq nq×dim float32 -> (D nq×k scores, I nq×k image ids, -1 padded)."""
         return self.backend.search(np.ascontiguousarray(xq, np.float32), min(k, max(self.backend.ntotal, 1)), nprobe)
+
+    def vectors_of(self, ids: list[int]) -> np.ndarray:
+        """Stored index vectors of images: len(ids) × dim float32 (Flat and HNSW indexes)."""
+        return self.backend.reconstruct(np.asarray(ids, np.int64))
+
+    def database_features(self, ids: list[int], workers: int | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Local features (keypoints N×2, descriptors N×D float32) of database images.
+
+        From the feature cache when the index has one (`keep_features`), else by
+        decoding the images again from the folder the index was built from.
+        """
+        rows = {row["id"]: row for row in self.table.rows_by_id(ids)}
+        found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        to_extract = []
+        for image_id in ids:
+            row = rows.get(image_id)
+            if row is None:
+                continue
+            if self.store is not None and row["feat_count"] is not None:
+                found[image_id] = self.store.get(row["feat_offset"], row["feat_count"])
+            else:
+                to_extract.append((image_id, self.root / row["path"]))
+        if to_extract:
+            stream = extract_images([path for _, path in to_extract], self.extractor(), self.params.max_side, workers)
+            for (image_id, _), item in zip(to_extract, stream):
+                if item.features is not None:
+                    keep = np.argsort(-item.features.scores, kind="stable")[:RERANK_KEYPOINTS]
+                    found[image_id] = (item.features.keypoints[keep], item.features.descriptors[keep])
+        return found
 
     # --- updates -------------------------------------------------------------------
     def add(self, paths: list[str | os.PathLike], workers: int | None = None, progress: bool = True) -> Report:
@@ -315,6 +369,7 @@ class Index:
         stream = extract_images(todo, self.extractor(), self.params.max_side, workers)
         batch = []
         for item in progress_bar(stream, total=len(todo), desc="add", enabled=progress):
+            self._cache_features(item)
             if item.features is not None:
                 existing = self.table.find(self._relative(item.path))
                 if existing and existing["status"] != storage.STATUS_SKIPPED:
@@ -359,6 +414,9 @@ class Index:
                        "no_keypoints": self.table.count(storage.STATUS_NO_KEYPOINTS),
                        "skipped": self.table.count(storage.STATUS_SKIPPED)},
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "feature_store": None if self.store is None else {
+                "dir": self._store_name, "rows": self.store.committed_rows, "dim": self.store.dim,
+                "max_keypoints": self.params.keep_features},
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -371,12 +429,36 @@ class Index:
                 np.savez(staging / "pca.npz", **self.pca.state())
             self.backend.save(staging / "index.faiss")
             self.table.save(staging / "images.sqlite")
+            self._place_store(path)
             storage.commit_generation(path, staging, name, self.manifest())
         except BaseException:
             storage.discard_generation(staging)
             raise
+        for stale in path.glob("features-*"):
+            if stale.name != self._store_name:
+                shutil.rmtree(stale, ignore_errors=True)
         self.path = path
         return path
+
+    def _place_store(self, path: Path) -> None:
+        """Flush the feature cache and make sure it lives inside the index directory."""
+        if self.store is None:
+            return
+        self.store.flush()
+        target = path / self._store_name
+        if self.store.directory.resolve() == target.resolve():
+            return
+        rows, mode = self.store.committed_rows, self.store.mode
+        self.store.close()
+        source = self.store.directory
+        if target.exists():
+            shutil.rmtree(target)
+        if source.parent.name.startswith("vladsearch-") and source.parent.parent == Path(tempfile.gettempdir()):
+            shutil.move(str(source), target)
+            shutil.rmtree(source.parent, ignore_errors=True)
+        else:  # saving an opened index under another name: leave the original alone
+            shutil.copytree(source, target)
+        self.store = FeatureStore(target, self.store.dim, mode=mode, committed_rows=rows)
 
     @classmethod
     def open(cls, path: str | os.PathLike, weights: str | None = None) -> Index:
@@ -396,6 +478,10 @@ class Index:
         index.backend = FaissBackend.load(data / "index.faiss", params.factory)
         index.table = storage.ImageTable.load(data / "images.sqlite")
         index.path = Path(path)
+        cache = manifest.get("feature_store")
+        if cache:
+            index._store_name = cache["dir"]
+            index.store = FeatureStore(Path(path) / cache["dir"], cache["dim"], mode="r", committed_rows=cache["rows"])
         return index
 
     def image_paths(self) -> list[str]:
@@ -408,18 +494,3 @@ class Index:
                                  for r in self.table.rows(storage.STATUS_SKIPPED)]
         info["no_keypoint_files"] = [r["path"] for r in self.table.rows(storage.STATUS_NO_KEYPOINTS)]
         return info
-
-
-def _expand_queries(queries: list[str | os.PathLike]) -> list[tuple[str, Path]]:
-    """(name as given, file) pairs: a folder expands to its images, named by their paths."""
-    expanded: list[tuple[str, Path]] = []
-    for query in queries:
-        path = Path(query)
-        if path.is_dir():
-            files = list_images(path)
-            if not files:
-                raise ValueError(f"no images found in query folder {path}")
-            expanded.extend((str(f), f) for f in files)
-        else:
-            expanded.append((str(query), path))  # a missing file is reported as that query's error
-    return expanded

@@ -83,6 +83,14 @@ class FaissBackend:
             _faiss().extract_index_ivf(self.index).nprobe = nprobe
         return self.index.search(xq, k)
 
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of `ids`: len(ids) × d float32 (exact for Flat, decoded for PQ)."""
+        try:
+            return np.stack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+        except RuntimeError as exc:
+            raise ValueError(f"the {self.factory!r} index cannot return stored vectors, which query expansion "
+                             f"needs; build with --factory Flat or HNSW32 ({str(exc).splitlines()[0]})") from None
+
     def save(self, path: Path) -> None:
         _faiss().write_index(self.index, str(path))
 

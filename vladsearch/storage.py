@@ -197,6 +197,15 @@ class ImageTable:
             found.update(self.db.execute(query, chunk).fetchall())
         return found
 
+    def rows_by_id(self, ids: list[int]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        unique = sorted({int(i) for i in ids})
+        for start in range(0, len(unique), 900):  # SQLite's bound-parameter limit
+            chunk = unique[start:start + 900]
+            query = f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images WHERE id IN ({', '.join('?' * len(chunk))})"
+            out.extend(dict(zip(IMAGE_COLUMNS, row)) for row in self.db.execute(query, chunk))
+        return out
+
     def rows(self, status: str | None = None) -> list[dict[str, Any]]:
         query = f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images"
         args: tuple = ()

@@ -1,0 +1,100 @@
+"""Reranking, verification, query expansion and the feature cache, end to end."""
+
+import json
+import shutil
+
+import cv2
+import pytest
+from conftest import photo
+
+from vladsearch import Index
+from vladsearch.cli import main
+
+
+@pytest.fixture(scope="module")
+def indexes(photo_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("rr")
+    cached = Index.build(photo_dir, clusters=16, keep_features=512, progress=False)
+    cached.save(root / "cached.vlad")
+    plain = Index.build(photo_dir, clusters=16, progress=False)
+    plain.save(root / "plain.vlad")
+    queries = root / "queries"
+    queries.mkdir()
+    h, w = photo("rocket").shape[:2]
+    cv2.imwrite(str(queries / "crop_rocket.jpg"), photo("rocket")[h // 4: 3 * h // 4, w // 4: 3 * w // 4])
+    cv2.imwrite(str(queries / "rot_coffee.jpg"), cv2.rotate(photo("coffee"), cv2.ROTATE_90_COUNTERCLOCKWISE))
+    cv2.imwrite(str(queries / "absent_grass.jpg"), photo("grass"))
+    return root, queries
+
+
+def test_reranked_matches_carry_inliers_and_verified_ones_lead(indexes):
+    root, queries = indexes
+    index = Index.open(root / "cached.vlad")
+    results = index.search([queries], top=5, rerank=10)
+    by_name = {r.query.rsplit("/", 1)[-1]: r for r in results}
+    for name, source in [("crop_rocket.jpg", "rocket.jpg"), ("rot_coffee.jpg", "coffee.jpg")]:
+        best = by_name[name].matches[0]
+        assert best.image == source and best.verified and best.inliers >= 15
+        scores = [m.score for m in by_name[name].matches]
+        assert scores == sorted(scores, reverse=True)
+        assert all(m.inliers is not None for m in by_name[name].matches)
+    assert not any(m.verified for m in by_name["absent_grass.jpg"].matches)
+
+
+def test_verified_only_answers_not_in_collection(indexes, capsys):
+    root, queries = indexes
+    code = main(["search", str(root / "cached.vlad"), str(queries / "absent_grass.jpg"),
+                 str(queries / "crop_rocket.jpg"), "--rerank", "10", "--verified-only", "--json", "-q"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["matches"] == []
+    assert out[1]["matches"][0]["image"] == "rocket.jpg" and out[1]["matches"][0]["verified"] is True
+    assert isinstance(out[1]["matches"][0]["inliers"], int)
+
+
+def test_cache_and_re_extraction_agree(indexes):
+    root, queries = indexes
+    query = [queries / "crop_rocket.jpg"]
+    cached = Index.open(root / "cached.vlad").search(query, top=3, rerank=5)[0].matches
+    plain = Index.open(root / "plain.vlad").search(query, top=3, rerank=5)[0].matches
+    assert cached[0].image == plain[0].image == "rocket.jpg"
+    # the cache keeps 512 keypoints per image, re-extraction 1024: counts differ, verdicts agree
+    assert cached[0].verified and plain[0].verified
+
+
+def test_feature_cache_survives_add_save_and_crash(indexes, photo_dir, tmp_path):
+    root, _queries = indexes
+    work = tmp_path / "w.vlad"
+    shutil.copytree(root / "cached.vlad", work)
+    index = Index.open(work)
+    committed = index.store.committed_rows
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    cv2.imwrite(str(extra / "grass.jpg"), photo("grass"))
+    index.add([extra])
+    assert index.store.committed_rows > committed
+    # the process dies before save: the manifest still names the old row count
+    reopened = Index.open(work)
+    assert reopened.store.committed_rows == committed
+    reopened.add([extra])  # appends after truncating the uncommitted rows
+    reopened.save(work)
+    final = Index.open(work)
+    match = final.search([extra / "grass.jpg"], top=1, rerank=3, verified_only=True)[0].matches[0]
+    assert match.image.endswith("extra/grass.jpg") and match.verified
+    assert len([p for p in work.iterdir() if p.name.startswith("features-")]) == 1
+
+
+def test_query_expansion_keeps_the_copy_first(indexes):
+    root, queries = indexes
+    index = Index.open(root / "cached.vlad")
+    for kwargs in ({"query_expansion": 2}, {"query_expansion": 2, "rerank": 5}):
+        matches = index.search([queries / "rot_coffee.jpg"], top=5, **kwargs)[0].matches
+        assert matches[0].image == "coffee.jpg" and len(matches) == 5
+        assert len({m.image for m in matches}) == 5
+
+
+def test_rerank_arguments_are_checked(indexes):
+    root, queries = indexes
+    index = Index.open(root / "plain.vlad")
+    with pytest.raises(ValueError, match="needs --rerank"):
+        index.search([queries / "rot_coffee.jpg"], verified_only=True)
