@@ -24,7 +24,7 @@ import numpy as np
 
 from vladsearch import __version__, storage
 from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample
-from vladsearch.extraction import ExtractedImage, extract_images
+from vladsearch.extraction import ExtractedImage, extract_images, single_blas_thread
 from vladsearch.feature_store import FeatureStore
 from vladsearch.features import extractor_class, get_extractor
 from vladsearch.features.base import Extractor
@@ -162,7 +162,7 @@ class Index:
         sample = DescriptorSample(SAMPLE_POINTS_PER_CLUSTER * p.clusters, seed=p.seed)
         timings = {"codebook": 0.0, "encode": 0.0, "index": 0.0}
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="vladsearch-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="vladsearch-") as scratch, single_blas_thread(extractor):
             cache = _DescriptorCache(scratch)
             stream = extract_images([paths[i] for i in order], extractor, p.max_side, workers)
             bar = progress_bar(stream, total=len(paths), desc="extract+encode", enabled=progress)
@@ -367,8 +367,13 @@ class Index:
                 todo.append(path)
         timings = {"codebook": 0.0, "encode": 0.0, "index": 0.0}
         stream = extract_images(todo, self.extractor(), self.params.max_side, workers)
-        batch = []
-        for item in progress_bar(stream, total=len(todo), desc="add", enabled=progress):
+        with single_blas_thread(self.extractor()):
+            self._add_stream(stream, len(todo), progress, timings)
+        return self.report
+
+    def _add_stream(self, stream, total: int, progress: bool, timings: dict[str, float]) -> None:
+        batch: list[ExtractedImage] = []
+        for item in progress_bar(stream, total=total, desc="add", enabled=progress):
             self._cache_features(item)
             if item.features is not None:
                 existing = self.table.find(self._relative(item.path))
@@ -379,7 +384,6 @@ class Index:
                 self._encode_and_add(batch, timings)
                 batch = []
         self._encode_and_add(batch, timings)
-        return self.report
 
     def remove(self, images: list[str | os.PathLike]) -> list[str]:
         """Drop images by their indexed path (or a filesystem path to them); returns the missing ones."""

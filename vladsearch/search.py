@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vladsearch.extraction import extract_images
+from vladsearch.extraction import extract_images, single_blas_thread
 from vladsearch.images import list_images
 from vladsearch.progress import progress_bar
 
@@ -138,7 +138,8 @@ def search_index(index: Index, queries: list[str | os.PathLike], top: int = 10, 
     results = [SearchResult(given, [], error=item.error) for (given, _), item in zip(expanded, items)]
     if not good:
         return results
-    xq = index.encode([items[i].features.descriptors for i in good])
+    with single_blas_thread(index.extractor()):
+        xq = index.encode([items[i].features.descriptors for i in good])
     k = max(top, rerank)
     D, I = index.search_vectors(xq, k, nprobe)
     names = index.table.paths_of([int(i) for i in I.ravel() if i >= 0])
