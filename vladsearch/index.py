@@ -215,9 +215,12 @@ class Index:
             raise ValueError("the training images have no keypoints at all; check the images or --features")
         self.codebook.fit(sample)
         timings["codebook"] += time.perf_counter() - t0
-        items = list(cache)
         t0 = time.perf_counter()
-        raw = self._raw_vlads([item.features.descriptors for item in items])
+        items = [entry[0] for entry in cache.entries]
+        raw = np.zeros((len(items), self.codebook.centroids_.size), np.float32)
+        for row, item in enumerate(cache):  # one image's descriptors in RAM at a time
+            raw[row] = self._raw_vlads([item.features.descriptors])[0]
+            item.features.descriptors = None
         if self.params.pca:
             normalized = normalize_vlad(raw, self.params.clusters, self.params.power, self.params.intra)
             self.pca = PCAWhitening(self.params.pca, whiten=self.params.whiten).fit(normalized[np.any(raw, axis=1)])

@@ -28,7 +28,7 @@ class Features:
     image_size: tuple[int, int]  # (width, height) of the original image
 
     def __len__(self) -> int:
-        return len(self.descriptors)
+        return len(self.keypoints)
 
     @classmethod
     def empty(cls, dim: int, image_size: tuple[int, int]) -> Features:
