@@ -57,7 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-intra", action="store_true", help="disable intra-normalisation")
     build.add_argument("--power", type=float, default=0.5, help="power-law exponent (default 0.5; 1 disables)")
     build.add_argument("--factory", default="Flat",
-                       help="faiss index factory string (default Flat = exact; e.g. IVF1024,PQ32 or HNSW32)")
+                       help="faiss index factory string (default Flat = exact; e.g. IVF1024,Flat, IVF1024,PQ32np or HNSW32)")
     build.add_argument("--codebook-images", type=_positive_int, default=500,
                        help="images sampled to train the codebook (default 500)")
     build.add_argument("--keep-features", type=int, nargs="?", const=1024, default=0, metavar="N",
