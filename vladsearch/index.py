@@ -54,6 +54,8 @@ class BuildParams:
     keep_features: int = 0            # cache the N strongest local features per image for reranking
 
 
+# Images whose vectors are added to faiss together.
+ADD_BATCH = 256
 # Keypoints per database image used for reranking when they must be re-extracted.
 RERANK_KEYPOINTS = 1024
 
@@ -166,7 +168,7 @@ class Index:
             cache = _DescriptorCache(scratch)
             stream = extract_images([paths[i] for i in order], extractor, p.max_side, workers)
             bar = progress_bar(stream, total=len(paths), desc="extract+encode", enabled=progress)
-            batch: list[ExtractedImage] = []
+            pending: list[tuple[ExtractedImage, np.ndarray]] = []
             for position, item in enumerate(bar):
                 self._cache_features(item)
                 if position < train_count:
@@ -178,11 +180,8 @@ class Index:
                     if position == train_count - 1:
                         self._train(sample.sample(), cache, timings)
                     continue
-                batch.append(item)
-                if len(batch) >= 256:
-                    self._encode_and_add(batch, timings)
-                    batch = []
-            self._encode_and_add(batch, timings)
+                self._queue(item, pending, timings)
+            self._flush(pending, timings)
         timings["extract"] = time.perf_counter() - start - sum(timings.values())
         self.timings = {"extract": timings["extract"], **{k: timings[k] for k in ("codebook", "encode", "index")}}
         if self.backend is None or self.backend.ntotal == 0 and self.table.count(storage.STATUS_INDEXED) == 0:
@@ -255,21 +254,28 @@ class Index:
             raise RuntimeError("the index has no codebook yet")
         return self._finish_vectors(self._raw_vlads(descriptor_sets))
 
-    def _encode_and_add(self, items: list[ExtractedImage], timings: dict[str, float]) -> None:
-        usable = []
-        for item in items:
-            if item.features is None:
-                self._record(item, None)
-            else:
-                usable.append(item)
-        if not usable:
+    def _queue(self, item: ExtractedImage, pending: list, timings: dict[str, float]) -> None:
+        """Reduce an image to its raw VLAD at once (its descriptors are freed); add in batches."""
+        if item.features is None:
+            self._record(item, None)
             return
         t0 = time.perf_counter()
-        vectors = self.encode([item.features.descriptors for item in usable])
+        pending.append((item, self._raw_vlads([item.features.descriptors])[0]))
+        item.features.descriptors = None
+        timings["encode"] += time.perf_counter() - t0
+        if len(pending) >= ADD_BATCH:
+            self._flush(pending, timings)
+
+    def _flush(self, pending: list, timings: dict[str, float]) -> None:
+        if not pending:
+            return
+        t0 = time.perf_counter()
+        vectors = self._finish_vectors(np.stack([raw for _, raw in pending]))
         timings["encode"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        self._add_vectors(usable, vectors)
+        self._add_vectors([item for item, _ in pending], vectors)
         timings["index"] += time.perf_counter() - t0
+        pending.clear()
 
     def _add_vectors(self, items: list[ExtractedImage], vectors: np.ndarray) -> None:
         first = self.table.next_id()
@@ -375,18 +381,15 @@ class Index:
         return self.report
 
     def _add_stream(self, stream, total: int, progress: bool, timings: dict[str, float]) -> None:
-        batch: list[ExtractedImage] = []
+        pending: list[tuple[ExtractedImage, np.ndarray]] = []
         for item in progress_bar(stream, total=total, desc="add", enabled=progress):
             self._cache_features(item)
             if item.features is not None:
                 existing = self.table.find(self._relative(item.path))
                 if existing and existing["status"] != storage.STATUS_SKIPPED:
                     self.remove_ids([existing["id"]])
-            batch.append(item)
-            if len(batch) >= 256:
-                self._encode_and_add(batch, timings)
-                batch = []
-        self._encode_and_add(batch, timings)
+            self._queue(item, pending, timings)
+        self._flush(pending, timings)
 
     def remove(self, images: list[str | os.PathLike]) -> list[str]:
         """Drop images by their indexed path (or a filesystem path to them); returns the missing ones."""
