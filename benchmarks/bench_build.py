@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import process_tree, source_photos
 
 PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
           "retina", "brick", "gravel", "coins", "moon", "page", "text")
@@ -55,32 +56,6 @@ STAGES = ("extract", "codebook", "encode", "index")
 
 
 # --- synthetic photo-like images ----------------------------------------------------
-def _source_photos() -> list[np.ndarray]:
-    import cv2
-    from skimage import data
-
-    photos = []
-    for name in PHOTOS:
-        try:
-            image = np.asarray(getattr(data, name)())
-        except Exception as exc:  # noqa: BLE001 - some may need a download; use what is there
-            print(f"(skipping skimage.data.{name}: {type(exc).__name__})", file=sys.stderr)
-            continue
-        if image.dtype != np.uint8:
-            image = image.astype(np.float64)
-            image = (255 * (image - image.min()) / max(float(np.ptp(image)), 1e-9)).astype(np.uint8)
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        elif image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGR)
-        else:
-            image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        photos.append(image)
-    if not photos:
-        raise RuntimeError("no scikit-image sample photographs available; pass IMAGES_DIR instead of --generate")
-    return photos
-
-
 def _textured(image: np.ndarray) -> bool:
     """Enough detail for local features: mean gradient magnitude and intensity spread."""
     import cv2
@@ -128,7 +103,7 @@ def ensure_images(cache: Path, count: int, seed: int = 0) -> Path:
     missing = [n for n in range(count) if not (everything / f"photo_{n:06d}.jpg").exists()]
     if missing:
         start = time.perf_counter()
-        photos = _source_photos()
+        photos = source_photos(PHOTOS)
         for number in missing:
             rng = np.random.default_rng([seed, number, 1])
             path = everything / f"photo_{number:06d}.jpg"
@@ -275,23 +250,10 @@ def _measure(spec: dict) -> dict:
     return result
 
 
-def _process_tree(pid: int) -> list[int]:
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        for children in Path(f"/proc/{current}/task").glob("*/children"):
-            try:
-                todo.extend(int(child) for child in children.read_text().split())
-            except OSError:
-                continue
-    return tree
-
-
 def _tree_memory_kib(pid: int) -> tuple[int, int]:
     """(sum of RSS, sum of PSS) over the process tree, KiB."""
     rss = pss = 0
-    for member in _process_tree(pid):
+    for member in process_tree(pid):
         try:
             for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Rss:"):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import process_tree, source_photos
 
 STAGES = ("extract", "codebook", "encode", "index")
 # Textured enough for local features at any crop (clock and colorwheel give SIFT almost
@@ -38,36 +39,10 @@ SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field
 
 
 # --- synthetic but photo-like images ----------------------------------------------
-def _source_photos() -> list[np.ndarray]:
-    """The scikit-image sample photographs that ship with the package, as BGR uint8."""
-    from skimage import data
-
-    photos = []
-    for name in SKIMAGE_PHOTOS:
-        try:
-            image = np.asarray(getattr(data, name)())
-        except Exception as exc:  # noqa: BLE001 - some need an optional download; use what is there
-            print(f"(skipping skimage.data.{name}: {type(exc).__name__})", file=sys.stderr)
-            continue
-        if image.dtype != np.uint8:
-            image = image.astype(np.float64)
-            image = (255 * (image - image.min()) / max(float(np.ptp(image)), 1e-9)).astype(np.uint8)
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        elif image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGR)
-        else:
-            image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        photos.append(image)
-    if not photos:
-        raise RuntimeError("no scikit-image sample photographs available; pass IMAGES_DIR instead of --generate")
-    return photos
-
-
 def generate_images(folder: Path, count: int, seed: int = 0, size: tuple[int, int] = (640, 480)) -> list[Path]:
     """Write `count` 640×480 JPEGs: random crops of sample photos, rescaled, colour-jittered, noised."""
     rng = np.random.default_rng(seed)
-    photos = _source_photos()
+    photos = source_photos(SKIMAGE_PHOTOS)
     folder.mkdir(parents=True, exist_ok=True)
     width, height = size
     written = []
@@ -99,24 +74,10 @@ def _peak_memory() -> dict[str, float]:
     return {"main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit}
 
 
-def _process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (Linux /proc), including forkserver-made workers."""
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        for children in Path(f"/proc/{current}/task").glob("*/children"):
-            try:
-                todo.extend(int(child) for child in children.read_text().split())
-            except OSError:
-                continue
-    return tree
-
-
 def _tree_pss_mib(pid: int) -> float:
     """Proportional set size of a process tree, MiB: shared pages are split between sharers, not counted twice."""
     total = 0
-    for member in _process_tree(pid):
+    for member in process_tree(pid):
         try:
             for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
