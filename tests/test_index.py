@@ -200,3 +200,12 @@ def test_oxford_affine_exact_copies(tmp_path):
     files = sorted(images.iterdir())
     results = index.search(files, top=1)
     assert [r.matches[0].image for r in results] == [f.name for f in files]
+
+
+def test_folder_reached_through_a_symlink_keeps_relative_paths(photo_dir, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(photo_dir, target_is_directory=True)
+    index = Index.build(link, clusters=16, progress=False)
+    assert "coffee.jpg" in index.image_paths()
+    assert index.search([photo_dir / "coffee.jpg"], top=1)[0].matches[0].image == "coffee.jpg"
+    assert index.remove([photo_dir / "coffee.jpg"]) == []  # the real path names the same image

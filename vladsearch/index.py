@@ -128,7 +128,7 @@ class Index:
         paths = list_images(root)
         if not paths:
             raise ValueError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        index = cls(BuildParams(features=features, clusters=clusters, **params), root.resolve())
+        index = cls(BuildParams(features=features, clusters=clusters, **params), Path(os.path.abspath(root)))
         index._weights = weights
         index._run_build(paths, workers, progress)
         return index
@@ -285,11 +285,14 @@ class Index:
         self.backend.add(vectors, ids)
 
     def _relative(self, path: Path) -> str:
-        resolved = Path(os.path.abspath(path))
-        try:
-            return resolved.relative_to(self.root).as_posix()
-        except ValueError:
-            return resolved.as_posix()
+        """The table's name for a file: relative to the build folder (through symlinks too), else absolute."""
+        absolute = Path(os.path.abspath(path))
+        for candidate, root in ((absolute, self.root), (Path(os.path.realpath(path)), Path(os.path.realpath(self.root)))):
+            try:
+                return candidate.relative_to(root).as_posix()
+            except ValueError:
+                continue
+        return absolute.as_posix()
 
     def _record(self, item: ExtractedImage, image_id: int | None) -> None:
         relative = self._relative(item.path)
