@@ -7,6 +7,8 @@ that sample while images stream past (reservoir sampling, Vitter 1985).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 # faiss warns below 39 points per centroid; 256 per centroid is its own default cap.
@@ -127,3 +129,35 @@ class DescriptorSample:
         if self.rows is None:
             return np.zeros((0, 0), np.float32)
         return self.rows[: self.filled]
+
+
+class PendingDescriptors:
+    """Descriptors of training images waiting for the codebook: one float16 file on disk.
+
+    `append(item)` takes an item with `.features.descriptors` (N×D float32), writes them as
+    float16 and drops them from the item; iterating gives the items back, one at a time,
+    with their descriptors restored (float32) from a memory map.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.path = Path(directory) / "descriptors.f16"
+        self.handle = open(self.path, "wb")  # noqa: SIM115 - closed when the cache is read back
+        self.entries: list[tuple[object, int, int]] = []
+        self.rows = 0
+        self.dim = 0
+
+    def append(self, item) -> None:
+        descriptors = item.features.descriptors
+        self.dim = descriptors.shape[1]
+        self.handle.write(descriptors.astype(np.float16).tobytes())
+        self.entries.append((item, self.rows, len(descriptors)))
+        self.rows += len(descriptors)
+        item.features.descriptors = None  # release: the cache holds them now
+
+    def __iter__(self):
+        self.handle.close()
+        table = (np.memmap(self.path, np.float16, "r", shape=(self.rows, self.dim))
+                 if self.rows else np.zeros((0, self.dim), np.float16))
+        for item, offset, count in self.entries:
+            item.features.descriptors = np.asarray(table[offset:offset + count], np.float32)
+            yield item

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from vladsearch import __version__, storage
-from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample
+from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample, PendingDescriptors
 from vladsearch.extraction import ExtractedImage, extract_images, single_blas_thread
-from vladsearch.feature_store import FeatureStore
+from vladsearch.feature_store import IndexFeatureCache
 from vladsearch.features import extractor_class, get_extractor
 from vladsearch.features.base import Extractor
 from vladsearch.images import IMAGE_EXTENSIONS, list_images
@@ -70,33 +68,6 @@ class Report:
     no_keypoints: list[str] = field(default_factory=list)
 
 
-class _DescriptorCache:
-    """Descriptors of training images waiting for the codebook: one float16 file on disk."""
-
-    def __init__(self, directory: str) -> None:
-        self.path = Path(directory) / "descriptors.f16"
-        self.handle = open(self.path, "wb")  # noqa: SIM115 - closed when the cache is read back
-        self.entries: list[tuple[ExtractedImage, int, int]] = []
-        self.rows = 0
-        self.dim = 0
-
-    def append(self, item: ExtractedImage) -> None:
-        descriptors = item.features.descriptors
-        self.dim = descriptors.shape[1]
-        self.handle.write(descriptors.astype(np.float16).tobytes())
-        self.entries.append((item, self.rows, len(descriptors)))
-        self.rows += len(descriptors)
-        item.features.descriptors = None  # release: the cache holds them now
-
-    def __iter__(self):
-        self.handle.close()
-        table = (np.memmap(self.path, np.float16, "r", shape=(self.rows, self.dim))
-                 if self.rows else np.zeros((0, self.dim), np.float16))
-        for item, offset, count in self.entries:
-            item.features.descriptors = np.asarray(table[offset:offset + count], np.float32)
-            yield item
-
-
 class Index:
     """A VLAD index over a collection of images; see the module docstring for the build."""
 
@@ -114,8 +85,7 @@ class Index:
         self.created: dict[str, Any] = {}
         self._extractor: Extractor | None = None
         self._weights: str | None = None
-        self.store: FeatureStore | None = None   # cached local features (keep_features)
-        self._store_name: str | None = None
+        self.store: IndexFeatureCache | None = None   # cached local features (keep_features)
 
     # --- construction --------------------------------------------------------------
     @classmethod
@@ -165,7 +135,7 @@ class Index:
         timings = {"codebook": 0.0, "encode": 0.0, "index": 0.0}
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="vladsearch-") as scratch, single_blas_thread(extractor):
-            cache = _DescriptorCache(scratch)
+            cache = PendingDescriptors(scratch)
             stream = extract_images([paths[i] for i in order], extractor, p.max_side, workers)
             bar = progress_bar(stream, total=len(paths), desc="extract+encode", enabled=progress)
             pending: list[tuple[ExtractedImage, np.ndarray]] = []
@@ -192,23 +162,12 @@ class Index:
         """Append an image's strongest local features to the feature cache (when kept)."""
         if not self.params.keep_features or item.features is None:
             return
-        if self.store is None or self.store.mode != "a":
-            self._open_store_for_writing()
-        item.feature_rows = self.store.append(item.features, max_keypoints=self.params.keep_features)
+        if self.store is None:
+            dim = int(self.feature_config.get("dim") or self.extractor().dim)
+            self.store = IndexFeatureCache.new(dim, self.params.keep_features)
+        item.feature_rows = self.store.append(item.features)
 
-    def _open_store_for_writing(self) -> None:
-        dim = int(self.feature_config.get("dim") or self.extractor().dim)
-        if self.store is None:  # a new cache, moved into the index directory by save()
-            self._store_name = f"features-{uuid.uuid4().hex[:12]}"
-            directory = Path(tempfile.mkdtemp(prefix="vladsearch-")) / self._store_name
-        else:
-            directory = self.store.directory
-            self.store.close()
-        committed = self.store.committed_rows if self.store is not None else 0
-        # Rows past the committed count were appended by a process that died before saving.
-        self.store = FeatureStore(directory, dim, mode="a", committed_rows=committed)
-
-    def _train(self, sample: np.ndarray, cache: _DescriptorCache, timings: dict[str, float]) -> None:
+    def _train(self, sample: np.ndarray, cache: PendingDescriptors, timings: dict[str, float]) -> None:
         t0 = time.perf_counter()
         if len(sample) == 0:
             raise ValueError("the training images have no keypoints at all; check the images or --features")
@@ -427,9 +386,7 @@ class Index:
                        "no_keypoints": self.table.count(storage.STATUS_NO_KEYPOINTS),
                        "skipped": self.table.count(storage.STATUS_SKIPPED)},
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
-            "feature_store": None if self.store is None else {
-                "dir": self._store_name, "rows": self.store.committed_rows, "dim": self.store.dim,
-                "max_keypoints": self.params.keep_features},
+            "feature_store": None if self.store is None else self.store.manifest_entry(),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -442,36 +399,15 @@ class Index:
                 np.savez(staging / "pca.npz", **self.pca.state())
             self.backend.save(staging / "index.faiss")
             self.table.save(staging / "images.sqlite")
-            self._place_store(path)
+            if self.store is not None:
+                self.store.place_in(path)
             storage.commit_generation(path, staging, name, self.manifest())
         except BaseException:
             storage.discard_generation(staging)
             raise
-        for stale in path.glob("features-*"):
-            if stale.name != self._store_name:
-                shutil.rmtree(stale, ignore_errors=True)
+        IndexFeatureCache.remove_stale(path, self.store.name if self.store is not None else None)
         self.path = path
         return path
-
-    def _place_store(self, path: Path) -> None:
-        """Flush the feature cache and make sure it lives inside the index directory."""
-        if self.store is None:
-            return
-        self.store.flush()
-        target = path / self._store_name
-        if self.store.directory.resolve() == target.resolve():
-            return
-        rows, mode = self.store.committed_rows, self.store.mode
-        self.store.close()
-        source = self.store.directory
-        if target.exists():
-            shutil.rmtree(target)
-        if source.parent.name.startswith("vladsearch-") and source.parent.parent == Path(tempfile.gettempdir()):
-            shutil.move(str(source), target)
-            shutil.rmtree(source.parent, ignore_errors=True)
-        else:  # saving an opened index under another name: leave the original alone
-            shutil.copytree(source, target)
-        self.store = FeatureStore(target, self.store.dim, mode=mode, committed_rows=rows)
 
     @classmethod
     def open(cls, path: str | os.PathLike, weights: str | None = None) -> Index:
@@ -493,8 +429,7 @@ class Index:
         index.path = Path(path)
         cache = manifest.get("feature_store")
         if cache:
-            index._store_name = cache["dir"]
-            index.store = FeatureStore(Path(path) / cache["dir"], cache["dim"], mode="r", committed_rows=cache["rows"])
+            index.store = IndexFeatureCache.open(Path(path), cache)
         return index
 
     def image_paths(self) -> list[str]:
