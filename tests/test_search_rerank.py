@@ -4,6 +4,7 @@ import json
 import shutil
 
 import cv2
+import numpy as np
 import pytest
 from conftest import photo
 
@@ -98,3 +99,29 @@ def test_rerank_arguments_are_checked(indexes):
     index = Index.open(root / "plain.vlad")
     with pytest.raises(ValueError, match="needs --rerank"):
         index.search([queries / "rot_coffee.jpg"], verified_only=True)
+
+
+def test_mirror_permutation_matches_sift_on_a_flipped_photo():
+    from vladsearch.features import get_extractor
+    from vladsearch.rerank import match_descriptors, mirror_sift_descriptors
+
+    gray = cv2.cvtColor(photo("astronaut"), cv2.COLOR_BGR2GRAY)
+    sift = get_extractor("sift", max_keypoints=1000)
+    original, flipped = sift.extract(gray), sift.extract(gray[:, ::-1].copy())
+    plain = match_descriptors(original.descriptors, flipped.descriptors)
+    mirrored = match_descriptors(mirror_sift_descriptors(original.descriptors), flipped.descriptors)
+    assert len(mirrored) > 3 * max(len(plain), 20)
+    # mirrored matches land on mirrored positions
+    xs = gray.shape[1] - 1 - original.keypoints[mirrored[:, 0], 0]
+    assert np.median(np.abs(xs - flipped.keypoints[mirrored[:, 1], 0])) < 1.0
+
+
+def test_flipped_copy_verifies_only_with_mirrored(indexes, tmp_path):
+    root, _ = indexes
+    index = Index.open(root / "cached.vlad")
+    query = tmp_path / "flipped_coffee.jpg"
+    cv2.imwrite(str(query), cv2.flip(photo("coffee"), 1))
+    plain = index.search([query], top=3, rerank=10)[0].matches
+    flipped = index.search([query], top=3, rerank=10, mirrored=True)[0].matches
+    assert not any(m.verified for m in plain)
+    assert flipped[0].image == "coffee.jpg" and flipped[0].verified

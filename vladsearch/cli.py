@@ -80,6 +80,8 @@ def _build_parser() -> argparse.ArgumentParser:
                              "homography (MAGSAC); verified matches move to the top (default 0: off)")
     search.add_argument("--verified-only", action="store_true",
                         help="with --rerank: drop unverified matches (an empty list means 'not in the collection')")
+    search.add_argument("--mirrored", action="store_true",
+                        help="with --rerank on sift/rootsift: also verify the mirrored query, so flipped copies verify")
     search.add_argument("--query-expansion", "--qe", type=int, default=0, metavar="N",
                         help="search again with the query averaged with its N best (verified) matches (αQE)")
     search.add_argument("--nprobe", type=_positive_int, default=None,
@@ -153,7 +155,7 @@ def _cmd_search(args) -> int:
     index = Index.open(args.index, weights=args.weights)
     results = index.search(args.queries, top=args.top, workers=args.workers, nprobe=args.nprobe,
                            rerank=args.rerank, verified_only=args.verified_only,
-                           query_expansion=args.query_expansion,
+                           query_expansion=args.query_expansion, mirrored=args.mirrored,
                            progress=not args.quiet and not args.json and not args.csv)
     if args.json:
         print(results_to_json(results))

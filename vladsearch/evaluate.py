@@ -81,7 +81,7 @@ def _query_files(queries: list[Query], scratch: Path) -> list[Path]:
 
 
 def evaluate(dataset_path: str | Path, features: str = "sift", clusters: int | None = None, rerank: int = 0,
-             query_expansion: int = 0, index_dir: str | Path | None = None, top: int | None = None, progress: bool = True,
+             query_expansion: int = 0, mirrored: bool = False, index_dir: str | Path | None = None, top: int | None = None, progress: bool = True,
              protocol: str = "medium", interpolation: str | None = None, workers: int | None = None,
              details: bool = False, **build_params: Any) -> dict[str, Any]:
     """Build (or reuse) an index over a dataset's database, run its queries, score the rankings.
@@ -89,6 +89,7 @@ def evaluate(dataset_path: str | Path, features: str = "sift", clusters: int | N
     clusters: None = the index's default. rerank: geometric re-ranking depth (0 = off);
     a new index then caches local features (keep_features) so reranking never re-decodes.
     query_expansion: αQE with the N best (verified) neighbours (0 = off).
+    mirrored: with rerank on sift/rootsift, also verify the mirrored query (flipped copies).
     index_dir: reuse the index there if present, else build and save it there.
     top: ranking depth; None = every indexed image (AP over the whole ranking).
     protocol: revisited Oxford/Paris "easy" | "medium" | "hard".
@@ -110,7 +111,7 @@ def evaluate(dataset_path: str | Path, features: str = "sift", clusters: int | N
     indexed = index.image_paths()
     depth = top or len(indexed)
     search_options: dict[str, Any] = {"top": depth, "workers": workers, "progress": progress}
-    search_options.update(rerank=rerank, query_expansion=query_expansion)
+    search_options.update(rerank=rerank, query_expansion=query_expansion, mirrored=mirrored)
     with tempfile.TemporaryDirectory(prefix="vladsearch-eval-") as scratch:
         files = _query_files(dataset.queries, Path(scratch))
         start = time.perf_counter()
@@ -136,7 +137,7 @@ def evaluate(dataset_path: str | Path, features: str = "sift", clusters: int | N
         "index": {"path": str(index_dir) if index_dir is not None else None, "reused": reused,
                   "images": len(indexed), "database": len(dataset.database)},
         "settings": {"features": index.params.features, "clusters": index.params.clusters, "rerank": rerank,
-                     "query_expansion": query_expansion, "top": depth, "interpolation": interpolation,
+                     "query_expansion": query_expansion, "mirrored": mirrored, "top": depth, "interpolation": interpolation,
                      **({"protocol": protocol} if dataset.layout == "revisited" else {})},
     }
     if details:
@@ -183,6 +184,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="geometrically verify the N best candidates (default 0: off)")
     parser.add_argument("--query-expansion", "--qe", type=_non_negative_int, default=0, metavar="N",
                         help="αQE: search again with the query averaged with its N best (verified) matches")
+    parser.add_argument("--mirrored", action="store_true",
+                        help="with --rerank on sift/rootsift: also verify the mirrored query (flipped copies)")
     parser.add_argument("--index", metavar="DIR",
                         help="reuse the index in DIR if present, else build and save it there")
     parser.add_argument("--max-side", type=_non_negative_int, default=None, metavar="PX",
@@ -244,7 +247,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.max_side is not None:
         build_params["max_side"] = args.max_side or None
     result = evaluate(args.dataset, features=args.features, clusters=args.clusters, rerank=args.rerank,
-                      query_expansion=args.query_expansion,
+                      query_expansion=args.query_expansion, mirrored=args.mirrored,
                       index_dir=args.index, progress=not args.quiet and not args.json, protocol=args.protocol,
                       interpolation=args.interpolation, workers=args.workers, **build_params)
     if args.json:

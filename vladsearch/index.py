@@ -277,18 +277,20 @@ class Index:
 
     # --- queries -------------------------------------------------------------------
     def search(self, queries: list[str | os.PathLike], top: int = 10, *, rerank: int = 0,
-               verified_only: bool = False, query_expansion: int = 0, workers: int | None = None,
-               progress: bool = False, nprobe: int | None = None) -> list[SearchResult]:
+               verified_only: bool = False, query_expansion: int = 0, mirrored: bool = False,
+               workers: int | None = None, progress: bool = False, nprobe: int | None = None) -> list[SearchResult]:
         """Top-`top` database images for each query image file (or folder of them).
 
         rerank: verify the best N candidates geometrically (see vladsearch.rerank);
         verified_only: keep only verified matches (needs rerank); query_expansion: αQE
-        with the N best (verified, when reranking) neighbours.
+        with the N best (verified, when reranking) neighbours; mirrored: also verify the
+        mirrored query (sift/rootsift), so that flipped copies verify.
         """
         from vladsearch.search import search_index
 
         return search_index(self, queries, top=top, rerank=rerank, verified_only=verified_only,
-                            query_expansion=query_expansion, workers=workers, progress=progress, nprobe=nprobe)
+                            query_expansion=query_expansion, mirrored=mirrored, workers=workers,
+                            progress=progress, nprobe=nprobe)
 
     def search_vectors(self, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """faiss-style search: xq nq×dim float32 -> (D nq×k scores, I nq×k image ids, -1 padded)."""

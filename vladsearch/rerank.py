@@ -253,3 +253,16 @@ def database_augmentation(
     for j in range(neighbours_idx.shape[1]):  # one column at a time: memory nb×d, not nb×k×d
         augmented += weights[:, j:j + 1] * xb[safe_idx[:, j]]
     return _l2_normalise(augmented)
+
+
+def mirror_sift_descriptors(descriptors: np.ndarray) -> np.ndarray:
+    """SIFT descriptors of the horizontally mirrored image, without extracting again.
+
+    OpenCV's SIFT descriptor is 4×4 spatial cells × 8 orientation bins in the keypoint's
+    canonical frame. Mirroring the image mirrors that frame: the cell rows swap and
+    orientation bin o becomes (−o) mod 8 (checked against SIFT on a flipped photograph).
+    Works for RootSIFT too (an element-wise map commutes with a permutation).
+    descriptors: N×128 float32 -> N×128 float32 (a new array).
+    """
+    cells = np.asarray(descriptors, np.float32).reshape(-1, 4, 4, 8)
+    return np.ascontiguousarray(cells[:, ::-1][:, :, :, (-np.arange(8)) % 8].reshape(-1, 128))

@@ -129,12 +129,18 @@ def expand_queries(queries: list[str | os.PathLike]) -> list[tuple[str, Path]]:
 def search_index(index: Index, queries: list[str | os.PathLike], top: int = 10, rerank: int = 0,
                  verified_only: bool = False, query_expansion: int = 0, workers: int | None = None,
                  progress: bool = False, nprobe: int | None = None,
-                 min_inliers: int | None = None) -> list[SearchResult]:
-    """Encode each query like the database, search, then optionally rerank and expand (see Index.search)."""
+                 min_inliers: int | None = None, mirrored: bool = False) -> list[SearchResult]:
+    """Encode each query like the database, search, then optionally rerank and expand (see Index.search).
+
+    mirrored: when reranking SIFT/RootSIFT indexes, also verify the mirrored query, so that
+    horizontally flipped copies verify (SIFT itself is not mirror-invariant).
+    """
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
     if rerank < 0 or query_expansion < 0:
         raise ValueError("--rerank and --query-expansion take a number of candidates ≥ 0")
+    if mirrored and index.params.features not in ("sift", "rootsift"):
+        raise ValueError("--mirrored works with sift and rootsift indexes only")
     if verified_only and not rerank:
         raise ValueError("--verified-only needs --rerank N: only reranked matches can be verified")
     expanded = expand_queries(queries)
@@ -158,7 +164,7 @@ def search_index(index: Index, queries: list[str | os.PathLike], top: int = 10, 
             if row % chunk_queries == 0:  # candidates of the next queries, fetched together
                 chunk = I[row:row + chunk_queries, :rerank].ravel()
                 database_features = index.database_features([int(i) for i in set(chunk) if i >= 0], workers)
-            matches = _rerank(items[position].features, matches, rerank, min_inliers, database_features)
+            matches = _rerank(items[position].features, matches, rerank, min_inliers, database_features, mirrored)
         if query_expansion:
             matches = _expand(index, xq[row], matches, query_expansion, k, nprobe, names)
         if verified_only:
@@ -168,7 +174,7 @@ def search_index(index: Index, queries: list[str | os.PathLike], top: int = 10, 
 
 
 def _rerank(query: Features, matches: list[Match], n: int, min_inliers: int | None,
-            features: dict[int, tuple[np.ndarray, np.ndarray]]) -> list[Match]:
+            features: dict[int, tuple[np.ndarray, np.ndarray]], mirrored: bool = False) -> list[Match]:
     """Verify the first n matches geometrically; verified ones move to the front.
 
     features: database image id -> (keypoints, descriptors), as Index.database_features gives.
@@ -180,12 +186,29 @@ def _rerank(query: Features, matches: list[Match], n: int, min_inliers: int | No
     empty = (np.zeros((0, 2), np.float32), np.zeros((0, query.descriptors.shape[1]), np.float32))
     candidates = [(m.id, *features.get(m.id, empty)) for m in head]
     reranked = rerank_candidates(query, candidates, [m.score for m in head], min_inliers=min_inliers)
+    if mirrored:  # also try the query mirrored; keep each candidate's better verification
+        verified_ids = {r.id for r in reranked if r.verified}
+        unverified = [c for c in candidates if c[0] not in verified_ids]
+        flipped = rerank_candidates(_mirror(query), unverified, [by_id[c[0]].score for c in unverified],
+                                    min_inliers=min_inliers)
+        better = {r.id: r for r in flipped if r.verified}
+        reranked = [better.get(r.id, r) for r in reranked]
     verified = []
     for r in reranked:
         score = r.inliers + r.vlad_score if r.verified else r.vlad_score
         verified.append(Match(by_id[r.id].image, score, r.id, r.inliers, r.verified, r.vlad_score))
     verified.sort(key=lambda m: -m.score)
     return verified + tail
+
+
+def _mirror(query: Features) -> Features:
+    """The query's SIFT features as the horizontally mirrored image would give them."""
+    from vladsearch.features.base import Features
+    from vladsearch.rerank import mirror_sift_descriptors
+
+    keypoints = query.keypoints.copy()
+    keypoints[:, 0] = query.image_size[0] - 1 - keypoints[:, 0]
+    return Features(keypoints, mirror_sift_descriptors(query.descriptors), query.scores, query.image_size)
 
 
 def _expand(index: Index, query_vector: np.ndarray, matches: list[Match], n: int, k: int,
