@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -47,3 +49,17 @@ def process_tree(pid: int) -> list[int]:
             except OSError:
                 continue
     return tree
+
+
+def cpu_description() -> str:
+    """'N-core CPU (model name)' of this machine, for the tables' captions."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cores}-core CPU ({model})"

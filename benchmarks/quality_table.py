@@ -34,8 +34,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -50,6 +48,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))   # run from a checkout without installing
 sys.path.insert(0, str(HERE))
+
+from common import cpu_description
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 COPY = "copy"
@@ -200,16 +200,7 @@ def prepare_copy_benchmark(data_dir: Path, out_dir: Path, queries: int, seed: in
 
 # --- running -----------------------------------------------------------------------
 def machine_description() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cores}-core CPU ({model})"
+    text = cpu_description()
     if "torch" in sys.modules:
         import torch
 

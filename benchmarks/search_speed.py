@@ -32,7 +32,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -45,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 # Idle OpenMP threads sleep instead of spinning: on a machine shared with other jobs, spinning
 # threads steal the cores that the working ones need. Set before faiss loads its runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from common import cpu_description
 
 from vladsearch.index_backend import FaissBackend
 
@@ -172,16 +173,7 @@ def render(rows: list[dict], info: dict) -> str:
 
 
 def machine_description() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    model = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cores}-core CPU ({model})"
+    return cpu_description()
 
 
 def main(argv: list[str] | None = None) -> int:
