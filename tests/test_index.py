@@ -209,3 +209,15 @@ def test_folder_reached_through_a_symlink_keeps_relative_paths(photo_dir, tmp_pa
     assert "coffee.jpg" in index.image_paths()
     assert index.search([photo_dir / "coffee.jpg"], top=1)[0].matches[0].image == "coffee.jpg"
     assert index.remove([photo_dir / "coffee.jpg"]) == []  # the real path names the same image
+
+
+def test_adding_the_same_files_twice_in_one_call_indexes_them_once(built, tmp_path):
+    _, path = built
+    index = Index.open(path)
+    new = tmp_path / "new"
+    new.mkdir()
+    cv2.imwrite(str(new / "grass.jpg"), photo("grass"))
+    report = index.add([new, new / "grass.jpg"])
+    assert report.indexed == 1
+    assert index.backend.ntotal == len(PHOTO_NAMES) + 1
+    assert index.search([new / "grass.jpg"], top=30)[0].matches[0].image.endswith("new/grass.jpg")

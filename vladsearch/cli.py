@@ -8,6 +8,7 @@ import sys
 
 from vladsearch import __version__
 from vladsearch.features import EXTRACTORS
+from vladsearch.index import RERANK_KEYPOINTS
 from vladsearch.search import results_to_csv, results_to_json, results_to_table
 
 EPILOG = """examples:
@@ -60,7 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="faiss index factory string (default Flat = exact; e.g. IVF1024,Flat, IVF1024,PQ32np or HNSW32)")
     build.add_argument("--codebook-images", type=_positive_int, default=500,
                        help="images sampled to train the codebook (default 500)")
-    build.add_argument("--keep-features", type=int, nargs="?", const=1024, default=0, metavar="N",
+    build.add_argument("--keep-features", type=int, nargs="?", const=RERANK_KEYPOINTS, default=0, metavar="N",
                        help="cache the N strongest local features per image (default N 1024, about "
                             "264 KiB per image for SIFT) so that `search --rerank` never re-decodes "
                             "database images; without it reranking decodes them again")

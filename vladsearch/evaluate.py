@@ -22,6 +22,7 @@ import cv2
 
 from vladsearch.datasets import PROTOCOLS, Dataset, Query, load_dataset
 from vladsearch.features import EXTRACTORS
+from vladsearch.index import RERANK_KEYPOINTS
 from vladsearch.metrics import METRIC_KEYS, score_query, summarize
 
 # AP interpolation of each layout's official evaluation code: Oxford's compute_ap and
@@ -104,7 +105,7 @@ def evaluate(dataset_path: str | Path, features: str = "sift", clusters: int | N
         raise ValueError(f"--rerank must be 0 (off) or a positive depth, got {rerank}")
     dataset = load_dataset(dataset_path, protocol=protocol)
     if rerank > 0:
-        build_params.setdefault("keep_features", 1024)
+        build_params.setdefault("keep_features", RERANK_KEYPOINTS)
     interpolation = interpolation or PROTOCOL_INTERPOLATION.get(dataset.layout, "step")
     index, build_seconds, reused = _open_or_build(dataset, index_dir, features, clusters, workers, progress,
                                                   build_params)

@@ -81,7 +81,6 @@ class Index:
         self.feature_config: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
         self.report = Report()
-        self.path: Path | None = None
         self.created: dict[str, Any] = {}
         self._extractor: Extractor | None = None
         self._weights: str | None = None
@@ -99,7 +98,7 @@ class Index:
         if not paths:
             raise ValueError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
         index = cls(BuildParams(features=features, clusters=clusters, **params), Path(os.path.abspath(root)))
-        index._weights = weights
+        index._weights = os.path.abspath(weights) if weights else None  # found again from any directory
         index._run_build(paths, workers, progress)
         return index
 
@@ -328,13 +327,15 @@ class Index:
     # --- updates -------------------------------------------------------------------
     def add(self, paths: list[str | os.PathLike], workers: int | None = None, progress: bool = True) -> Report:
         """Encode more images with the existing codebook; unchanged files are skipped."""
-        files = [f for given in paths for f in list_images(given)]
+        # One entry per indexed name, even when the same file is given twice.
+        files = {self._relative(f): f for given in paths for f in list_images(given)}
         self.report = Report()
         todo = []
-        for path in files:
-            existing = self.table.find(self._relative(path))
-            if existing and existing["status"] != storage.STATUS_SKIPPED and existing["mtime"] == os.stat(path).st_mtime \
-                    and existing["file_size"] == os.stat(path).st_size:
+        for relative, path in files.items():
+            existing = self.table.find(relative)
+            stat = os.stat(path)
+            if existing and existing["status"] != storage.STATUS_SKIPPED and existing["mtime"] == stat.st_mtime \
+                    and existing["file_size"] == stat.st_size:
                 self.report.unchanged += 1
             else:
                 todo.append(path)
@@ -408,7 +409,6 @@ class Index:
             storage.discard_generation(staging)
             raise
         IndexFeatureCache.remove_stale(path, self.store.name if self.store is not None else None)
-        self.path = path
         return path
 
     @classmethod
@@ -419,7 +419,7 @@ class Index:
         params = BuildParams(**{k: v for k, v in manifest["params"].items() if k in BuildParams.__dataclass_fields__})
         index = cls(params, Path(manifest["root"]))
         index.feature_config = manifest["features"]
-        index._weights = weights or manifest.get("weights_path")
+        index._weights = os.path.abspath(weights) if weights else manifest.get("weights_path")
         index.created = manifest.get("created", {})
         index.timings = manifest.get("timings", {})
         index.codebook = Codebook.from_centroids(np.load(data / "codebook.npy", allow_pickle=False))
@@ -428,7 +428,6 @@ class Index:
                 index.pca = PCAWhitening.from_state(dict(arrays), whiten=params.whiten)
         index.backend = FaissBackend.load(data / "index.faiss", params.factory)
         index.table = storage.ImageTable.load(data / "images.sqlite")
-        index.path = Path(path)
         cache = manifest.get("feature_store")
         if cache:
             index.store = IndexFeatureCache.open(Path(path), cache)
