@@ -193,12 +193,10 @@ def _rerank(query: Features, matches: list[Match], n: int, min_inliers: int | No
                                     min_inliers=min_inliers)
         better = {r.id: r for r in flipped if r.verified}
         reranked = [better.get(r.id, r) for r in reranked]
-    verified = []
-    for r in reranked:
-        score = r.inliers + r.vlad_score if r.verified else r.vlad_score
-        verified.append(Match(by_id[r.id].image, score, r.id, r.inliers, r.verified, r.vlad_score))
-    verified.sort(key=lambda m: -m.score)
-    return verified + tail
+    checked = [Match(by_id[r.id].image, r.inliers + r.vlad_score if r.verified else r.vlad_score,
+                     r.id, r.inliers, r.verified, r.vlad_score) for r in reranked]
+    checked.sort(key=lambda m: -m.score)
+    return checked + tail
 
 
 def _mirror(query: Features) -> Features:
