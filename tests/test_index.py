@@ -1,6 +1,5 @@
 """End to end: build an index from real photographs, find copies, update, persist safely."""
 
-import json
 import shutil
 
 import cv2
@@ -8,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import PHOTO_NAMES, photo, shared_path
 
-from vladsearch import Index, storage
-from vladsearch.storage import IndexFormatError
+from vladsearch import Index, catalog
+from vladsearch.catalog import IndexFormatError
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +72,10 @@ def test_saved_index_answers_like_the_built_one(built, photo_dir):
     a, b = index.search([query], top=5)[0], reopened.search([query], top=5)[0]
     assert [m.image for m in a.matches] == [m.image for m in b.matches]
     np.testing.assert_allclose([m.score for m in a.matches], [m.score for m in b.matches], rtol=1e-5)
-    manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format_version"] == storage.FORMAT_VERSION
-    assert manifest["params"]["clusters"] == 16 and manifest["features"]["name"] == "sift"
-    assert manifest["counts"]["indexed"] == len(PHOTO_NAMES)
+    info = reopened.info()
+    assert info["format_version"] == catalog.FORMAT_VERSION
+    assert info["params"]["clusters"] == 16 and info["features"]["name"] == "sift"
+    assert info["counts"]["indexed"] == len(PHOTO_NAMES) and info["counts"]["segments"] == 1
 
 
 def test_no_pickle_in_the_index(built):
@@ -112,40 +111,50 @@ def test_add_and_remove(built, photo_dir, tmp_path):
     assert all(m.image != "coffee.jpg" for m in final.search([photo_dir / "coffee.jpg"], top=20)[0].matches)
 
 
-def test_crash_while_saving_leaves_previous_index_readable(built, tmp_path, monkeypatch):
-    index, path = built
+def test_crash_during_a_commit_leaves_the_last_commit(built, photo_dir, tmp_path, monkeypatch):
+    _, path = built
     work = tmp_path / "crash.vlad"
     shutil.copytree(path, work)
+    new = tmp_path / "new"
+    new.mkdir()
+    cv2.imwrite(str(new / "grass.jpg"), photo("grass"))
 
     def killed(*args, **kwargs):
-        raise KeyboardInterrupt  # the process dies between writing data and switching the manifest
+        raise KeyboardInterrupt  # dies inside the commit transaction, after moving its segment in
 
-    monkeypatch.setattr(storage, "commit_generation", killed)
+    monkeypatch.setattr(catalog, "record_commit", killed)
     with pytest.raises(KeyboardInterrupt):
-        index.save(work)
+        Index.open(work).add([new], progress=False)
     monkeypatch.undo()
     reopened = Index.open(work)
     assert reopened.backend.ntotal == len(PHOTO_NAMES)
-    assert sorted(p.name for p in work.iterdir()) == ["gen-00000001", "manifest.json"]
+    assert len(list((work / "segments").iterdir())) == 1  # the uncommitted segment is gone
+    assert reopened.add([new], progress=False).indexed == 1  # and nothing blocks the next writer
 
 
-def test_half_written_generation_is_ignored(built, tmp_path):
+def test_a_dead_writers_leftovers_are_ignored_then_removed(built, photo_dir, tmp_path):
     _, path = built
     work = tmp_path / "half.vlad"
     shutil.copytree(path, work)
-    (work / "gen-00000002.tmp").mkdir()  # what a kill -9 during save leaves behind
-    (work / "gen-00000002.tmp" / "index.faiss").write_bytes(b"partial")
-    assert Index.open(work).backend.ntotal == len(PHOTO_NAMES)
+    (work / "staging" / "deadbeef").mkdir(parents=True)  # what a kill -9 during extraction leaves
+    (work / "staging" / "deadbeef" / "seg-x").mkdir()
+    (work / "staging" / "deadbeef.lock").write_text("")
+    (work / "segments" / "seg-uncommitted").mkdir()      # killed between moving in and COMMIT
+    (work / "segments" / "seg-uncommitted" / "vectors.f32").write_bytes(b"partial")
+    index = Index.open(work)
+    assert index.backend.ntotal == len(PHOTO_NAMES)
+    index.remove(["coffee.jpg"])  # any commit cleans up
+    assert not (work / "staging" / "deadbeef").exists() and not (work / "segments" / "seg-uncommitted").exists()
 
 
 def test_incompatible_or_foreign_directory_fails_clearly(built, tmp_path):
     _, path = built
     work = tmp_path / "old.vlad"
     shutil.copytree(path, work)
-    manifest = json.loads((work / "manifest.json").read_text())
-    manifest["format_version"] = 99
-    (work / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexFormatError, match="format version 99.*Rebuild"):
+    db = catalog.connect(work)
+    catalog.write_meta(db, {"format_version": 99})
+    db.close()
+    with pytest.raises(IndexFormatError, match="format version 99.*rebuild"):
         Index.open(work)
     with pytest.raises(IndexFormatError, match="not a vladsearch index"):
         Index.open(tmp_path)
@@ -213,7 +222,8 @@ def test_folder_reached_through_a_symlink_keeps_relative_paths(photo_dir, tmp_pa
 
 def test_adding_the_same_files_twice_in_one_call_indexes_them_once(built, tmp_path):
     _, path = built
-    index = Index.open(path)
+    shutil.copytree(path, tmp_path / "twice.vlad")
+    index = Index.open(tmp_path / "twice.vlad")
     new = tmp_path / "new"
     new.mkdir()
     cv2.imwrite(str(new / "grass.jpg"), photo("grass"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import cv2
 import pytest
 from conftest import photo, shared_path
@@ -26,7 +24,7 @@ def test_superpoint_index_records_weights_and_rejects_others(small_photos, tmp_p
                         workers=1)
     path = tmp_path_factory.mktemp("sp") / "sp.vlad"
     index.save(path)
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = Index.open(path).info()
     assert manifest["features"]["name"] == "superpoint" and len(manifest["features"]["weights_sha256"]) == 64
     reopened = Index.open(path)  # finds the weights again from the path recorded at build
     assert reopened.search([small_photos / "coffee.jpg"], top=1)[0].matches[0].image == "coffee.jpg"

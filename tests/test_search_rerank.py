@@ -63,26 +63,24 @@ def test_cache_and_re_extraction_agree(indexes):
     assert cached[0].verified and plain[0].verified
 
 
-def test_feature_cache_survives_add_save_and_crash(indexes, photo_dir, tmp_path):
+def test_feature_cache_follows_add_and_compact(indexes, photo_dir, tmp_path):
     root, _queries = indexes
     work = tmp_path / "w.vlad"
     shutil.copytree(root / "cached.vlad", work)
-    index = Index.open(work)
-    committed = index.store.committed_rows
     extra = tmp_path / "extra"
     extra.mkdir()
     cv2.imwrite(str(extra / "grass.jpg"), photo("grass"))
-    index.add([extra])
-    assert index.store.committed_rows > committed
-    # the process dies before save: the manifest still names the old row count
-    reopened = Index.open(work)
-    assert reopened.store.committed_rows == committed
-    reopened.add([extra])  # appends after truncating the uncommitted rows
-    reopened.save(work)
-    final = Index.open(work)
-    match = final.search([extra / "grass.jpg"], top=1, rerank=3, verified_only=True)[0].matches[0]
-    assert match.image.endswith("extra/grass.jpg") and match.verified
-    assert len([p for p in work.iterdir() if p.name.startswith("features-")]) == 1
+    query = tmp_path / "query_grass.jpg"
+    shutil.copy(extra / "grass.jpg", query)
+    Index.open(work).add([extra], progress=False, merge=False)
+    shutil.rmtree(extra)  # from now on only the cache can verify the added image
+    for step in ("added", "compacted"):
+        index = Index.open(work)
+        assert len(index.info()["segments"]) == (2 if step == "added" else 1)
+        match = index.search([query], top=1, rerank=3, verified_only=True)[0].matches[0]
+        assert match.image.endswith("extra/grass.jpg") and match.verified, step
+        if step == "added":
+            index.compact()
 
 
 def test_query_expansion_keeps_the_copy_first(indexes):

@@ -5,7 +5,8 @@ local features -> k-means visual words -> VLAD vector per image -> faiss index -
 
 __version__ = "0.1.0"
 
-from vladsearch.index import BuildParams, Index
-from vladsearch.search import Match, SearchResult
+from vladsearch.encoder import BuildParams
+from vladsearch.index import Index
+from vladsearch.results import Match, SearchResult
 
 __all__ = ["BuildParams", "Index", "Match", "SearchResult", "__version__"]

@@ -1,4 +1,4 @@
-"""The `vladsearch` command line: build, search, add, remove, info, evaluate."""
+"""The `vladsearch` command line: build, search, add, remove, compact, check, info, evaluate."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import sys
 
 from vladsearch import __version__
 from vladsearch.features import EXTRACTORS
-from vladsearch.index import RERANK_KEYPOINTS
-from vladsearch.search import results_to_csv, results_to_json, results_to_table
+from vladsearch.images import DEFAULT_MAX_PIXELS
+from vladsearch.results import results_to_csv, results_to_json, results_to_table
+from vladsearch.search import RERANK_KEYPOINTS
 
 EPILOG = """examples:
   vladsearch build photos/ --index photos.vlad
@@ -17,6 +18,8 @@ EPILOG = """examples:
   vladsearch search photos.vlad queries/ --json > results.json
   vladsearch add photos.vlad more_photos/
   vladsearch remove photos.vlad holiday/IMG_0001.jpg
+  vladsearch compact photos.vlad
+  vladsearch check photos.vlad
   vladsearch info photos.vlad
 """
 
@@ -65,6 +68,10 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="cache the N strongest local features per image (default N 1024, about "
                             "264 KiB per image for SIFT) so that `search --rerank` never re-decodes "
                             "database images; without it reranking decodes them again")
+    build.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                       help=f"skip images larger than N pixels, read from the file header before decoding "
+                            f"(decompression bombs; default {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
+    build.add_argument("--force", action="store_true", help="replace an index that already exists at --index")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--json", action="store_true", help="print the build report as JSON")
     _add_common(build)
@@ -88,6 +95,8 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("--nprobe", type=_positive_int, default=None,
                         help="IVF indexes: lists to visit per query (more = slower, more exact)")
     search.add_argument("--weights", metavar="PATH", help="weights file (default: the one recorded at build)")
+    search.add_argument("--root", metavar="PHOTOS_DIR", help="where the indexed photos are now (default: found "
+                                                              "from the index; reranking reads them)")
     _add_common(search)
 
     add = commands.add_parser("add", help="add images to an index with its existing codebook")
@@ -95,11 +104,21 @@ def _build_parser() -> argparse.ArgumentParser:
     add.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
     add.add_argument("--weights", metavar="PATH")
     add.add_argument("--json", action="store_true", help="print the report as JSON")
+    add.add_argument("--root", metavar="PHOTOS_DIR", help="the indexed photos' folder, if it moved apart from the index")
+    add.add_argument("--no-merge", action="store_true", help="do not merge small segments after the commit")
     _add_common(add)
 
     remove = commands.add_parser("remove", help="remove images from an index")
     remove.add_argument("index", metavar="INDEX")
     remove.add_argument("images", nargs="+", metavar="IMAGE", help="indexed path (as `search` prints it) or a file path")
+
+    compact = commands.add_parser("compact", help="merge all segments into one, dropping deleted vectors "
+                                                  "(also migrates a format 1 index)")
+    compact.add_argument("index", metavar="INDEX")
+
+    check = commands.add_parser("check", help="verify every segment, id and count of an index")
+    check.add_argument("index", metavar="INDEX")
+    check.add_argument("--json", action="store_true")
 
     info = commands.add_parser("info", help="describe an index")
     info.add_argument("index", metavar="INDEX")
@@ -112,13 +131,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _print_report(report, as_json: bool, extra: dict | None = None) -> None:
-    data = {**(extra or {}), "indexed": report.indexed, "unchanged": report.unchanged,
+    data = {**(extra or {}), "indexed": report.indexed, "unchanged": report.unchanged, "replaced": report.replaced,
             "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
             "no_keypoints": report.no_keypoints}
     if as_json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return
     line = f"indexed {report.indexed} images"
+    if report.replaced:
+        line += f" ({report.replaced} replacing changed files)"
     if report.unchanged:
         line += f", {report.unchanged} unchanged"
     print(line)
@@ -136,16 +157,15 @@ def _cmd_build(args) -> int:
     from vladsearch import Index
 
     index = Index.build(
-        args.photos, features=args.features, clusters=args.clusters, weights=args.weights,
-        workers=args.workers, progress=not args.quiet, max_side=args.max_side or None,
+        args.photos, index=args.index, force=args.force, features=args.features, clusters=args.clusters,
+        weights=args.weights, workers=args.workers, progress=not args.quiet, max_side=args.max_side or None,
         max_keypoints=args.max_keypoints, pca=args.pca, whiten=not args.no_whiten, intra=not args.no_intra,
         power=args.power, factory=args.factory, codebook_images=args.codebook_images, seed=args.seed,
-        keep_features=args.keep_features)
-    index.save(args.index)
+        keep_features=args.keep_features, max_pixels=args.max_pixels or None)
     timings = {k: round(v, 3) for k, v in index.timings.items()}
     _print_report(index.report, args.json, {"index": args.index, "timings": timings})
     if not args.json:
-        print(f"wrote {args.index} ({index.backend.ntotal} vectors of {index.backend.dim} dimensions); "
+        print(f"wrote {args.index} ({index.report.indexed} vectors of {index.encoder.dim} dimensions); "
               + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     return 0
 
@@ -153,7 +173,7 @@ def _cmd_build(args) -> int:
 def _cmd_search(args) -> int:
     from vladsearch import Index
 
-    index = Index.open(args.index, weights=args.weights)
+    index = Index.open(args.index, weights=args.weights, root=args.root)
     results = index.search(args.queries, top=args.top, workers=args.workers, nprobe=args.nprobe,
                            rerank=args.rerank, verified_only=args.verified_only,
                            query_expansion=args.query_expansion, mirrored=args.mirrored,
@@ -170,9 +190,8 @@ def _cmd_search(args) -> int:
 def _cmd_add(args) -> int:
     from vladsearch import Index
 
-    index = Index.open(args.index, weights=args.weights)
-    report = index.add(args.paths, workers=args.workers, progress=not args.quiet)
-    index.save(args.index)
+    index = Index.open(args.index, weights=args.weights, root=args.root)
+    report = index.add(args.paths, workers=args.workers, progress=not args.quiet, merge=not args.no_merge)
     _print_report(report, args.json, {"index": args.index})
     return 0
 
@@ -185,10 +204,33 @@ def _cmd_remove(args) -> int:
     for path in missing:
         print(f"not in the index: {path}", file=sys.stderr)
     removed = len(args.images) - len(missing)
-    if removed:
-        index.save(args.index)
     print(f"removed {removed} images; {index.backend.ntotal} remain")
     return 1 if missing else 0
+
+
+def _cmd_compact(args) -> int:
+    from vladsearch import Index
+
+    index = Index.open(args.index)
+    report = index.compact()
+    print(f"merged {report.merged_segments} segments: {report.vectors} vectors kept, "
+          f"{report.dropped_vectors} deleted ones dropped; {len(index.info()['segments'])} segment(s) now")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from vladsearch.check import check_index
+
+    problems, counts = check_index(args.index)
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems, "counts": counts}, indent=2, ensure_ascii=False))
+    else:
+        for problem in problems:
+            print(f"damaged: {problem}")
+        if not problems:
+            print(f"ok: {counts['images']} images, {counts['vectors']} vectors in {counts['segments']} segments, "
+                  f"{counts['deletions']} deletions waiting for a merge")
+    return 1 if problems else 0
 
 
 def _cmd_info(args) -> int:
@@ -199,10 +241,12 @@ def _cmd_info(args) -> int:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return 0
     counts, params = info["counts"], info["params"]
-    print(f"index      {args.index} (format by vladsearch {info['created_by']}, updated {info['updated']})")
+    print(f"index      {args.index} (format {info['format_version']}, vladsearch {info['created_by']}; "
+          f"created {info['created']}, last commit {info['updated']})")
     print(f"root       {info['root']}")
     print(f"images     {counts['indexed']} indexed, {counts['no_keypoints']} without keypoints, "
           f"{counts['skipped']} skipped; {counts['vectors']} vectors of {info['dim']} dimensions")
+    print(f"segments   {counts['segments']} ({counts['deletions']} deleted vectors waiting for a merge)")
     print(f"features   {info['features'].get('name')} {json.dumps(info['features'])}")
     print(f"vlad       K={params['clusters']} power={params['power']} intra={params['intra']} "
           f"pca={params['pca'] or 'off'} whiten={params['whiten']}; faiss {params['factory']}")
@@ -213,7 +257,8 @@ def _cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"build": _cmd_build, "search": _cmd_search, "add": _cmd_add, "remove": _cmd_remove, "info": _cmd_info}
+COMMANDS = {"build": _cmd_build, "search": _cmd_search, "add": _cmd_add, "remove": _cmd_remove,
+            "compact": _cmd_compact, "check": _cmd_check, "info": _cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,14 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     handler = COMMANDS.get(args.command) or args.func  # subcommands of other modules set func
     try:
         return handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"vladsearch: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("vladsearch: interrupted; the index on disk is unchanged", file=sys.stderr)
+        print("vladsearch: interrupted; the index keeps its last commit", file=sys.stderr)
         return 130
 
 

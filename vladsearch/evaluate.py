@@ -22,8 +22,8 @@ import cv2
 
 from vladsearch.datasets import PROTOCOLS, Dataset, Query, load_dataset
 from vladsearch.features import EXTRACTORS
-from vladsearch.index import RERANK_KEYPOINTS
 from vladsearch.metrics import METRIC_KEYS, score_query, summarize
+from vladsearch.search import RERANK_KEYPOINTS
 
 # AP interpolation of each layout's official evaluation code: Oxford's compute_ap and
 # Holidays' holidays_map.py both use the trapezoid rule; our layout reports the step AP.
@@ -34,11 +34,8 @@ def _open_or_build(dataset: Dataset, index_dir: str | Path | None, features: str
                    workers: int | None, progress: bool, build_params: dict[str, Any]):
     """(index, build seconds, reused?) — reuse `index_dir` when it holds an index, else build (and save there)."""
     from vladsearch import Index
-    from vladsearch.storage import read_manifest
-
     if index_dir is not None and Path(index_dir).exists():
-        read_manifest(index_dir)  # a clear error if the folder is not an index
-        index = Index.open(index_dir)
+        index = Index.open(index_dir)  # a clear error if the folder is not an index
         built_on = Path(index.root).resolve()
         if built_on != dataset.images_dir.resolve():
             raise ValueError(f"the index {index_dir} was built from {built_on}, not from this dataset's "
@@ -52,10 +49,9 @@ def _open_or_build(dataset: Dataset, index_dir: str | Path | None, features: str
     if clusters is not None:
         options["clusters"] = clusters
     start = time.perf_counter()
-    index = Index.build(dataset.images_dir, features=features, workers=workers, progress=progress, **options)
+    index = Index.build(dataset.images_dir, index=index_dir, features=features, workers=workers, progress=progress,
+                        **options)
     seconds = time.perf_counter() - start
-    if index_dir is not None:
-        index.save(index_dir)
     return index, seconds, False
 
 

@@ -10,8 +10,13 @@ come back in input order. A file that fails is reported, never raised.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -22,7 +27,7 @@ from pathlib import Path
 import cv2
 
 from vladsearch.features.base import Extractor, Features
-from vladsearch.images import ImageError, LoadedImage, load_image
+from vladsearch.images import DEFAULT_MAX_PIXELS, ImageError, LoadedImage, load_image
 
 
 @dataclass
@@ -59,16 +64,51 @@ def default_workers() -> int:
 # --- worker side -------------------------------------------------------------------
 _worker_extractor: Extractor | None = None
 _worker_max_side: int | None = None
+_worker_max_pixels: int | None = DEFAULT_MAX_PIXELS  # set before the fork (workers inherit it)
 
 
-def _init_worker(extractor: Extractor | None, max_side: int | None) -> None:
+def _init_worker(extractor: Extractor | None, max_side: int | None, parent: int | None = None) -> None:
+    """Worker set-up; `parent` (the pool owner's pid, recorded before the fork) ties the worker's life to it."""
     global _worker_extractor, _worker_max_side
     _worker_extractor, _worker_max_side = extractor, max_side
+    if parent is not None:
+        _die_with_parent(parent)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make this worker exit when `parent` dies, even by SIGKILL (no orphans holding memory).
+
+    Linux: the kernel sends SIGKILL when the parent exits (prctl PR_SET_PDEATHSIG); the
+    parent may have died between the fork and the prctl, so check it is still there.
+    Elsewhere: a daemon thread polls getppid() every second.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="vladsearch-parent-watch", daemon=True).start()
 
 
 def _load(path: Path, max_side: int | None) -> LoadedImage | ExtractedImage:
     try:
-        return load_image(path, max_side)
+        return load_image(path, max_side, _worker_max_pixels)
     except ImageError as exc:
         return ExtractedImage(path, None, error=str(exc))
     except MemoryError:
@@ -134,12 +174,15 @@ def extract_images(
     max_side: int | None = 1024,
     workers: int | None = None,
     batch_size: int = 8,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Iterator[ExtractedImage]:
     """Yield an `ExtractedImage` per path, in input order, decoding each file once.
 
     workers: processes for decoding (and for extraction with CPU extractors); None
     uses every core; 1 runs everything in this process.
     """
+    global _worker_max_pixels
+    _worker_max_pixels = max_pixels
     paths = [Path(p) for p in paths]
     workers = default_workers() if workers is None else workers
     if workers < 1:
@@ -158,7 +201,7 @@ def extract_images(
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         executor = ProcessPoolExecutor(
             max_workers=workers, mp_context=context, initializer=_init_worker,
-            initargs=(None if in_main else extractor, max_side),
+            initargs=(None if in_main else extractor, max_side, os.getpid()),
         )
     else:
         _init_worker(None if in_main else extractor, max_side)

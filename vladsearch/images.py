@@ -9,8 +9,11 @@ can read, so that the batch can skip the file and report it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +25,13 @@ IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".gif",
 )
-# Larger than any camera, small enough that a grayscale decode (≤ 1 GiB) cannot exhaust RAM.
-MAX_PIXELS = 1 << 30
+# Pillow's own error threshold (2 × Image.MAX_IMAGE_PIXELS, ~13.4k × 13.4k): above any
+# 150 MP camera, and a grayscale decode stays under 180 MB. Checked on the header, before
+# any pixel is decoded, so a few-kB PNG that inflates to gigabytes is refused cheaply.
+DEFAULT_MAX_PIXELS = 178_956_970
+MAX_PIXELS = DEFAULT_MAX_PIXELS  # old name, kept for imports
+# Formats whose EXIF block sits in the header; for PNG, Pillow's getexif() decodes every pixel.
+_EXIF_IN_HEADER = {"JPEG", "MPO", "TIFF", "WEBP"}
 
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
                   8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
@@ -56,41 +64,90 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def list_images(root: str | os.PathLike) -> list[Path]:
-    """All image files under `root` (recursive, sorted, hidden files skipped).
+    """All image files under `root` (recursive, sorted, hidden files and *.vlad folders skipped).
 
-    Raises FileNotFoundError / ValueError with an actionable message.
+    Symlinked folders are followed, but each real folder is visited once (by device and
+    inode), so loops such as `ln -s .. up` end, and each real file is listed once, under
+    the first path the walk meets (real folders are walked before symlinked siblings).
+    Raises FileNotFoundError with an actionable message.
     """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist")
     if root.is_file():
         return [root]
-    found = []
+    found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.endswith(".vlad"))
-        found.extend(Path(dirpath) / name for name in filenames
-                     if not name.startswith(".") and is_image_file(name))
+        key = _identity(dirpath)
+        if key in seen:
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".") and not d.endswith(".vlad")),
+                             key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
+        for name in sorted(filenames):
+            if not name.startswith(".") and is_image_file(name):
+                key = _identity(os.path.join(dirpath, name))
+                if key not in seen:
+                    seen.add(key)
+                    found.append(Path(dirpath) / name)
     return sorted(found)
 
 
-def _image_header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the file header without decoding pixels, or None if unknown."""
+def _identity(path: str) -> tuple:
+    """(st_dev, st_ino) of what `path` points to; its realpath where the inode is unknown or dangling."""
     try:
-        from PIL import Image
+        st = os.stat(path)
+        if st.st_ino:
+            return st.st_dev, st.st_ino
+    except OSError:
+        pass
+    return (os.path.realpath(path),)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            Image.MAX_IMAGE_PIXELS = None  # we enforce MAX_PIXELS ourselves
-            import io
 
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                # EXIF orientations 5-8 swap width and height after rotation.
-                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                    width, height = height, width
-                return width, height
+def _open_pillow(data: bytes):
+    """Pillow image for `data` without pixels decoded, ignoring Pillow's process-wide bomb limit.
+
+    Callers check `max_pixels` on `.size` first. Image.MAX_IMAGE_PIXELS belongs to the whole
+    process (and other code in it), so it is left alone: past it, the format's own plugin
+    is called directly, as Image.open does, minus that check. Raises UnidentifiedImageError.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            pass
+    Image.init()
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        accepted = accept(data[:16]) if accept else True
+        if accepted and not isinstance(accepted, str):
+            try:
+                return factory(io.BytesIO(data))
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue
+    raise UnidentifiedImageError("cannot identify image file")
+
+
+def _image_header_size(data: bytes, max_pixels: int | None = None) -> tuple[int, int] | None:
+    """(width, height) as displayed, read from the header; None if unknown; ImageError if > max_pixels."""
+    try:
+        im = _open_pillow(data)
     except Exception:  # noqa: BLE001 - any header problem: let OpenCV decide
         return None
+    with im:
+        width, height = im.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageError(f"image too large ({width}×{height} pixels; limit {max_pixels} pixels: "
+                             "raise it with --max-pixels)")
+        with contextlib.suppress(Exception):  # unreadable EXIF: keep the stored orientation
+            # EXIF orientations 5-8 swap width and height after rotation.
+            if im.format in _EXIF_IN_HEADER and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+        return width, height
 
 
 def _check_not_truncated(data: bytes) -> None:
@@ -101,38 +158,35 @@ def _check_not_truncated(data: bytes) -> None:
         return
     # Some writers append data after the end-of-image marker: let Pillow judge.
     try:
-        import io
-
-        from PIL import Image
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            Image.MAX_IMAGE_PIXELS = None
-            with Image.open(io.BytesIO(data)) as im:
-                im.draft("L", (64, 64))  # decode at 1/8 scale: fast, still reads every scan
-                im.load()
+        with _open_pillow(data) as im:
+            im.draft("L", (64, 64))  # decode at 1/8 scale: fast, still reads every scan
+            im.load()
     except Exception as exc:  # noqa: BLE001
         raise ImageError(f"truncated or corrupt JPEG ({exc})") from None
 
 
-def decode_gray(data: bytes, max_side: int | None) -> tuple[np.ndarray, float, tuple[int, int]]:
+def decode_gray(data: bytes, max_side: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                ) -> tuple[np.ndarray, float, tuple[int, int]]:
     """Decode encoded image bytes to grayscale uint8 with longer side ≤ max_side.
 
-    Applies EXIF orientation; handles 16-bit, RGBA, CMYK, palette and grayscale files.
+    Refuses images over `max_pixels` (None: no limit) from the header, before decoding.
+    Applies EXIF orientation; handles 16-bit, float, RGBA, CMYK, palette and grayscale files.
     Returns (gray H×W uint8, scale, (orig_width, orig_height)).
     """
     if len(data) == 0:
         raise ImageError("empty file (0 bytes)")
+    size = _image_header_size(data, max_pixels)
     _check_not_truncated(data)
-    size = _image_header_size(data)
-    if size is not None and size[0] * size[1] > MAX_PIXELS:
-        raise ImageError(f"image too large ({size[0]}×{size[1]} pixels; limit {MAX_PIXELS} pixels)")
-    flag = cv2.IMREAD_GRAYSCALE
-    if size is not None and max_side and data[:2] == b"\xff\xd8":
+    is_jpeg = data[:2] == b"\xff\xd8"
+    # ANYDEPTH keeps 16-bit and float samples, which _to_uint8 stretches; without it OpenCV
+    # divides 16-bit by 256 (12-bit camera data turns black) and truncates floats in [0, 1].
+    flag = cv2.IMREAD_GRAYSCALE if is_jpeg else cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH
+    reduced = False
+    if size is not None and max_side and is_jpeg:
         # libjpeg can decode at 1/2, 1/4, 1/8 directly; pick the smallest that stays ≥ max_side.
         for factor in (8, 4, 2):
             if max(size) / factor >= max_side:
-                flag = _REDUCED_FLAGS[factor]
+                flag, reduced = _REDUCED_FLAGS[factor], True
                 break
     buffer = np.frombuffer(data, np.uint8)
     try:
@@ -141,13 +195,12 @@ def decode_gray(data: bytes, max_side: int | None) -> tuple[np.ndarray, float, t
         raise ImageError(f"cannot decode ({exc.err})") from None
     if gray is None:
         gray = _decode_with_pillow(data)
-    if gray.dtype != np.uint8:  # 16-bit or float files
-        gray = cv2.normalize(gray, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if gray.ndim == 3:
         gray = cv2.cvtColor(gray, cv2.COLOR_BGR2GRAY)
     if gray.size == 0:
         raise ImageError("image has no pixels")
-    if size is None or flag == cv2.IMREAD_GRAYSCALE and gray.shape[1] != size[0]:
+    gray = _to_uint8(gray)
+    if size is None or not reduced and gray.shape[1] != size[0]:
         size = (gray.shape[1], gray.shape[0])
     longest = max(gray.shape[:2])
     if max_side and longest > max_side:
@@ -158,32 +211,58 @@ def decode_gray(data: bytes, max_side: int | None) -> tuple[np.ndarray, float, t
     return np.ascontiguousarray(gray), float(scale), (int(size[0]), int(size[1]))
 
 
+def _to_uint8(gray: np.ndarray) -> np.ndarray:
+    """Stretch 16-bit, 32-bit and float samples to 0-255 (NaN and ±inf safe; constant → 0)."""
+    if gray.dtype == np.uint8:
+        return gray
+    if gray.dtype.kind == "f":
+        # Float files (scientific tools) often hold outliers or no-data sentinels: use the
+        # 0.1-99.9 percentiles of the finite values (from a ≤ 1M sample), then clip.
+        finite = gray.ravel()[:: max(1, gray.size // 1_000_000)]
+        finite = finite[np.isfinite(finite)]
+        if finite.size == 0:
+            return np.zeros(gray.shape, np.uint8)
+        low, high = (float(v) for v in np.percentile(finite, [0.1, 99.9]))
+        gray = np.require(gray, np.float32, "W")  # in place when OpenCV's own float32 result
+        cv2.patchNaNs(gray, low)
+        gray = cv2.min(cv2.max(gray, low), high)  # clamps ±inf and outliers too
+    else:
+        # Integers: the stored range is meaningful, so min-max keeps full-range 16-bit exact.
+        low, high = float(gray.min()), float(gray.max())
+    if high <= low:
+        return np.zeros(gray.shape, np.uint8)
+    alpha = 255.0 / (high - low)
+    # Every value is ≥ low here, so the "Abs" is a no-op; the result saturates to 0-255.
+    return cv2.convertScaleAbs(gray, alpha=alpha, beta=-low * alpha)
+
+
 def _decode_with_pillow(data: bytes) -> np.ndarray:
     """Fallback for formats OpenCV lacks; raises ImageError for non-images."""
-    import io
-
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            Image.MAX_IMAGE_PIXELS = None
-            with Image.open(io.BytesIO(data)) as im:
-                im = ImageOps.exif_transpose(im)
-                return np.asarray(im.convert("L"))
+        with _open_pillow(data) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode.startswith(("I", "F")):  # keep the depth (native byte order): _to_uint8 stretches it
+                return np.asarray(im).astype(np.float32 if im.mode == "F" else np.int32)
+            return np.asarray(im.convert("L"))
     except UnidentifiedImageError:
         raise ImageError("not an image file (unrecognised format)") from None
     except Exception as exc:  # noqa: BLE001
         raise ImageError(f"cannot decode ({exc})") from None
 
 
-def load_image(path: str | os.PathLike, max_side: int | None = 1024) -> LoadedImage:
-    """Read, hash and decode one image file; raises ImageError with the reason on failure."""
+def load_image(path: str | os.PathLike, max_side: int | None = 1024,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Read, hash and decode one image file; raises ImageError with the reason on failure.
+
+    `max_pixels` (None: no limit) refuses larger images from their header, before decoding.
+    """
     try:
         stat = os.stat(path)
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as exc:
         raise ImageError(f"cannot read file ({exc.strerror})") from None
-    gray, scale, size = decode_gray(data, max_side)
+    gray, scale, size = decode_gray(data, max_side, max_pixels)
     return LoadedImage(gray, scale, size, stat.st_size, stat.st_mtime, hashlib.sha1(data).hexdigest())

@@ -91,6 +91,14 @@ class FaissBackend:
             raise ValueError(f"the {self.factory!r} index cannot return stored vectors, which query expansion "
                              f"needs; build with --factory Flat or HNSW32 ({str(exc).splitlines()[0]})") from None
 
+    def to_bytes(self) -> bytes:
+        """The index serialised (faiss's own format), e.g. to keep a trained, empty template."""
+        return _faiss().serialize_index(self.index).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, factory: str = "") -> FaissBackend:
+        return cls(_faiss().deserialize_index(np.frombuffer(data, np.uint8)), factory)
+
     def save(self, path: Path) -> None:
         _faiss().write_index(self.index, str(path))
 

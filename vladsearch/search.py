@@ -1,107 +1,35 @@
-"""Search results: small dataclasses and their JSON / CSV / table renderings."""
+"""The read path: query images → VLAD → candidates → geometric rerank → query expansion.
+
+Everything here reads one `Snapshot` (a committed state of the index) and encodes with
+the index's `Encoder`; nothing here writes.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vladsearch.encoder import Encoder
 from vladsearch.extraction import extract_images, single_blas_thread
 from vladsearch.images import list_images
 from vladsearch.progress import progress_bar
+from vladsearch.results import Match, SearchResult
+from vladsearch.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from vladsearch.features.base import Features
-    from vladsearch.index import Index
 
-
-@dataclass
-class Match:
-    """One database image returned for a query.
-
-    image: path relative to the folder the index was built from; score: higher is
-    more similar — the cosine similarity of VLAD vectors, or after reranking, for
-    verified matches, inliers + that similarity (so verified matches always rank
-    first, by inliers, ties broken by VLAD). inliers: geometrically consistent feature
-    matches; verified: inliers reached the threshold; vlad_score: the plain similarity.
-    """
-
-    image: str
-    score: float
-    id: int = -1
-    inliers: int | None = None
-    verified: bool | None = None
-    vlad_score: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"image": self.image, "score": round(float(self.score), 6)}
-        if self.inliers is not None:
-            out["inliers"] = int(self.inliers)
-            out["verified"] = bool(self.verified)
-            out["vlad_score"] = round(float(self.vlad_score), 6)
-        return out
-
-
-@dataclass
-class SearchResult:
-    """The ranked matches of one query (best first); error is set when the query failed."""
-
-    query: str
-    matches: list[Match] = field(default_factory=list)
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"query": self.query, "matches": [m.to_dict() for m in self.matches]}
-        if self.error is not None:
-            out["error"] = self.error
-        return out
+# Keypoints per database image used for reranking when they must be re-extracted.
+RERANK_KEYPOINTS = 1024
 
 
 def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Drop faiss's -1 padding from one row of (D, I)."""
     keep = ids >= 0
     return scores[keep][:k], ids[keep][:k]
-
-
-def results_to_json(results: list[SearchResult]) -> str:
-    return json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False)
-
-
-def results_to_csv(results: list[SearchResult]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["query", "rank", "image", "score", "inliers", "verified", "error"])
-    for result in results:
-        if result.error:
-            writer.writerow([result.query, "", "", "", "", "", result.error])
-        for rank, match in enumerate(result.matches, 1):
-            writer.writerow([result.query, rank, match.image, f"{match.score:.6f}",
-                             "" if match.inliers is None else match.inliers,
-                             "" if match.verified is None else match.verified, ""])
-    return buffer.getvalue()
-
-
-def results_to_table(results: list[SearchResult]) -> str:
-    lines = []
-    for result in results:
-        lines.append(f"{result.query}")
-        if result.error:
-            lines.append(f"  error: {result.error}")
-            continue
-        if not result.matches:
-            lines.append("  (no match)")
-        for rank, match in enumerate(result.matches, 1):
-            extra = ""
-            if match.inliers is not None:
-                extra = f"  inliers {match.inliers:4d}{'  verified' if match.verified else ''}"
-            lines.append(f"  {rank:3d}. {match.score:7.4f}{extra}  {match.image}")
-    return "\n".join(lines)
 
 
 # Rerank candidates fetched at once for consecutive queries: re-extracting database images
@@ -126,11 +54,16 @@ def expand_queries(queries: list[str | os.PathLike]) -> list[tuple[str, Path]]:
     return expanded
 
 
-def search_index(index: Index, queries: list[str | os.PathLike], top: int = 10, rerank: int = 0,
+def search_index(encoder: Encoder, snapshot: Snapshot, root: Path, queries: list[str | os.PathLike], top: int = 10, rerank: int = 0,
                  verified_only: bool = False, query_expansion: int = 0, workers: int | None = None,
                  progress: bool = False, nprobe: int | None = None,
                  min_inliers: int | None = None, mirrored: bool = False) -> list[SearchResult]:
-    """Encode each query like the database, search, then optionally rerank and expand (see Index.search).
+    """Encode each query like the database, search, then optionally rerank and expand.
+
+    rerank: verify the best N candidates geometrically (see vladsearch.rerank), reading
+    database features from the snapshot's cache or from the images under `root`;
+    verified_only: keep only verified matches (needs rerank); query_expansion: αQE with
+    the N best (verified, when reranking) neighbours; nprobe: IVF lists to visit.
 
     mirrored: when reranking SIFT/RootSIFT indexes, also verify the mirrored query, so that
     horizontally flipped copies verify (SIFT itself is not mirror-invariant).
@@ -139,23 +72,27 @@ def search_index(index: Index, queries: list[str | os.PathLike], top: int = 10, 
         raise ValueError(f"--top must be at least 1, got {top}")
     if rerank < 0 or query_expansion < 0:
         raise ValueError("--rerank and --query-expansion take a number of candidates ≥ 0")
-    if mirrored and index.params.features not in ("sift", "rootsift"):
+    if mirrored and encoder.params.features not in ("sift", "rootsift"):
         raise ValueError("--mirrored works with sift and rootsift indexes only")
     if verified_only and not rerank:
         raise ValueError("--verified-only needs --rerank N: only reranked matches can be verified")
     expanded = expand_queries(queries)
-    stream = extract_images([path for _, path in expanded], index.extractor(), index.params.max_side, workers)
+    stream = extract_images([path for _, path in expanded], encoder.extractor(), encoder.params.max_side, workers,
+                            max_pixels=encoder.params.max_pixels)
     items = list(progress_bar(stream, total=len(expanded), desc="queries", enabled=progress))
-    good = [i for i, item in enumerate(items) if item.features is not None]
     results = [SearchResult(given, [], error=item.error) for (given, _), item in zip(expanded, items)]
+    for result, item in zip(results, items):
+        if item.features is not None and len(item.features) == 0:
+            result.error = "no keypoints found in the query image (blank, flat or too small): nothing to match"
+    good = [i for i, item in enumerate(items) if item.features is not None and len(item.features)]
     if not good:
         return results
-    with single_blas_thread(index.extractor()):
-        xq = index.encode([items[i].features.descriptors for i in good])
+    with single_blas_thread(encoder.extractor()):
+        xq = encoder.encode([items[i].features.descriptors for i in good])
     k = max(top, rerank)
-    D, I = index.search_vectors(xq, k, nprobe)
-    names = index.table.paths_of([int(i) for i in I.ravel() if i >= 0])
-    database_features: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    D, I = snapshot.search(xq, k, nprobe)
+    names = snapshot.paths_of([int(i) for i in I.ravel() if i >= 0])
+    candidate_features: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     chunk_queries = max(1, RERANK_CANDIDATES_AT_ONCE // max(rerank, 1))
     for row, position in enumerate(good):
         scores, ids = top_k(D[row], I[row], k)
@@ -163,10 +100,11 @@ def search_index(index: Index, queries: list[str | os.PathLike], top: int = 10, 
         if rerank:
             if row % chunk_queries == 0:  # candidates of the next queries, fetched together
                 chunk = I[row:row + chunk_queries, :rerank].ravel()
-                database_features = index.database_features([int(i) for i in set(chunk) if i >= 0], workers)
-            matches = _rerank(items[position].features, matches, rerank, min_inliers, database_features, mirrored)
+                wanted = [int(i) for i in set(chunk) if i >= 0]
+                candidate_features = database_features(encoder, snapshot, root, wanted, workers)
+            matches = _rerank(items[position].features, matches, rerank, min_inliers, candidate_features, mirrored)
         if query_expansion:
-            matches = _expand(index, xq[row], matches, query_expansion, k, nprobe, names)
+            matches = _expand(snapshot, xq[row], matches, query_expansion, k, nprobe, names)
         if verified_only:
             matches = [m for m in matches if m.verified]
         results[position].matches = matches[:top]
@@ -177,7 +115,7 @@ def _rerank(query: Features, matches: list[Match], n: int, min_inliers: int | No
             features: dict[int, tuple[np.ndarray, np.ndarray]], mirrored: bool = False) -> list[Match]:
     """Verify the first n matches geometrically; verified ones move to the front.
 
-    features: database image id -> (keypoints, descriptors), as Index.database_features gives.
+    features: database image id -> (keypoints, descriptors), as `database_features` gives.
     """
     from vladsearch.rerank import rerank_candidates
 
@@ -209,7 +147,7 @@ def _mirror(query: Features) -> Features:
     return Features(keypoints, mirror_sift_descriptors(query.descriptors), query.scores, query.image_size)
 
 
-def _expand(index: Index, query_vector: np.ndarray, matches: list[Match], n: int, k: int,
+def _expand(snapshot: Snapshot, query_vector: np.ndarray, matches: list[Match], n: int, k: int,
             nprobe: int | None, names: dict[int, str]) -> list[Match]:
     """αQE: search again with the query averaged with its n best (verified) neighbours.
 
@@ -222,12 +160,41 @@ def _expand(index: Index, query_vector: np.ndarray, matches: list[Match], n: int
     neighbours = neighbours[:n]
     if not neighbours:
         return matches
-    xb = index.vectors_of([m.id for m in neighbours])
+    xb = snapshot.backend.reconstruct(np.asarray([m.id for m in neighbours], np.int64))
     expanded = average_query_expansion(query_vector[None], xb[None])
-    D, I = index.search_vectors(expanded, k, nprobe)
+    D, I = snapshot.search(expanded, k, nprobe)
     scores, ids = top_k(D[0], I[0], k)
     missing = [int(i) for i in ids if int(i) not in names]
-    names.update(index.table.paths_of(missing))
+    names.update(snapshot.paths_of(missing))
     keep = [m for m in matches if m.verified] if reranked else []
     seen = {m.id for m in keep}
     return keep + [Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids) if int(i) not in seen]
+
+
+def database_features(encoder: Encoder, snapshot: Snapshot, root: Path, ids: list[int],
+                      workers: int | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Local features (keypoints N×2, descriptors N×D float32) of database images.
+
+    From the feature cache when the image's segment keeps one, else by decoding the
+    image again from the photos' folder `root`.
+    """
+    rows = snapshot.rows_of(ids)
+    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    to_extract = []
+    for image_id in ids:
+        row = rows.get(image_id)
+        if row is None:
+            continue
+        cached = snapshot.cached_features(row)
+        if cached is not None:
+            found[image_id] = cached
+        else:
+            to_extract.append((image_id, Path(root) / row["path"]))
+    if to_extract:
+        stream = extract_images([path for _, path in to_extract], encoder.extractor(), encoder.params.max_side,
+                                workers, max_pixels=encoder.params.max_pixels)
+        for (image_id, _), item in zip(to_extract, stream):
+            if item.features is not None:
+                keep = np.argsort(-item.features.scores, kind="stable")[:RERANK_KEYPOINTS]
+                found[image_id] = (item.features.keypoints[keep], item.features.descriptors[keep])
+    return found

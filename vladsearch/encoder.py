@@ -1,0 +1,137 @@
+"""How an image becomes a vector: the build parameters and the fitted state that applies them.
+
+`Encoder` holds what a build learns (codebook, optional PCA-whitening) and the extractor
+it uses; the write path and the read path both encode through it, so queries and
+database images always get the same treatment.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vladsearch.codebook import Codebook
+from vladsearch.features import extractor_class, get_extractor
+from vladsearch.features.base import Extractor
+from vladsearch.images import DEFAULT_MAX_PIXELS
+from vladsearch.vlad import PCAWhitening, normalize_vlad, vlad
+
+
+@dataclass
+class BuildParams:
+    """Every parameter that decides how an image becomes a vector (saved in the catalog)."""
+
+    features: str = "sift"
+    clusters: int = 64
+    max_side: int | None = 1024
+    max_keypoints: int | None = None  # None: the extractor's own default
+    power: float | None = 0.5         # signed square root, as in the notebook
+    intra: bool = True
+    pca: int = 0                      # 0: no PCA; else output dimension
+    whiten: bool = True
+    factory: str = "Flat"
+    codebook_images: int = 500
+    restarts: int = 3
+    seed: int = 0
+    keep_features: int = 0            # cache the N strongest local features per image for reranking
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger images are skipped as likely decompression bombs
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BuildParams:
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+class Encoder:
+    """Extractor + codebook (+ PCA): local features in, normalised VLAD vectors out."""
+
+    def __init__(self, params: BuildParams, feature_config: dict[str, Any] | None = None,
+                 weights: str | None = None) -> None:
+        self.params = params
+        self.feature_config = dict(feature_config or {})
+        self.weights = os.path.abspath(weights) if weights else None
+        self.codebook: Codebook | None = None
+        self.pca: PCAWhitening | None = None
+        self._extractor: Extractor | None = None
+
+    def extractor(self) -> Extractor:
+        """The extractor that encodes images for this index (built on first use)."""
+        if self._extractor is None:
+            cls = extractor_class(self.params.features)
+            accepted = set(inspect.signature(cls.__init__).parameters)
+            recorded = {k: v for k, v in self.feature_config.items() if k in accepted}
+            options = {"max_keypoints": self.params.max_keypoints, **recorded, "weights": self.weights}
+            extractor = get_extractor(self.params.features, **{k: v for k, v in options.items() if k in accepted})
+            expected = self.feature_config.get("weights_sha256")
+            found = getattr(extractor, "weights_sha256", None)
+            if expected and found and expected != found:
+                raise ValueError(
+                    f"this index was built with {self.params.features} weights sha256 {expected[:12]}…, "
+                    f"but the weights found now have sha256 {found[:12]}…; pass the same file with "
+                    "--weights, or rebuild the index")
+            self._extractor = extractor
+            if not self.feature_config:
+                self.feature_config = extractor.config()
+        return self._extractor
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.feature_config.get("dim") or self.extractor().dim)
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the final vectors."""
+        if self.pca is not None:
+            return self.pca.output_dim
+        return self.params.clusters * self.feature_dim
+
+    # --- encoding --------------------------------------------------------------------
+    def raw_vlads(self, descriptor_sets: list[np.ndarray]) -> np.ndarray:
+        """Unnormalised VLADs: n × (K·D) float32."""
+        k, d = self.codebook.centroids_.shape
+        raw = np.zeros((len(descriptor_sets), k * d), np.float32)
+        for row, descriptors in enumerate(descriptor_sets):
+            raw[row] = vlad(descriptors, self.codebook.centroids_, self.codebook.assign(descriptors))
+        return raw
+
+    def finish(self, raw: np.ndarray) -> np.ndarray:
+        """Normalise (and project) raw VLADs; images without keypoints stay zero vectors."""
+        empty = ~np.any(raw, axis=1)
+        vectors = normalize_vlad(raw, self.params.clusters, self.params.power, self.params.intra)
+        if self.pca is not None:
+            vectors = self.pca.transform(vectors)
+        vectors[empty] = 0.0
+        return np.ascontiguousarray(vectors, np.float32)
+
+    def encode(self, descriptor_sets: list[np.ndarray]) -> np.ndarray:
+        """Final index vectors of images given their descriptors: n × dim float32."""
+        if self.codebook is None:
+            raise RuntimeError("the index has no codebook yet")
+        return self.finish(self.raw_vlads(descriptor_sets))
+
+    def fit_pca(self, raw: np.ndarray) -> None:
+        """Fit PCA-whitening on the training images' raw VLADs (when --pca is set)."""
+        if self.params.pca:
+            normalized = normalize_vlad(raw, self.params.clusters, self.params.power, self.params.intra)
+            self.pca = PCAWhitening(self.params.pca, whiten=self.params.whiten).fit(normalized[np.any(raw, axis=1)])
+
+    # --- persistence (blobs in the catalog: .npy / .npz, never pickle) ----------------
+    def blobs(self) -> dict[str, bytes | None]:
+        codebook = io.BytesIO()
+        np.save(codebook, self.codebook.centroids_, allow_pickle=False)
+        pca = None
+        if self.pca is not None:
+            buffer = io.BytesIO()
+            np.savez(buffer, **self.pca.state())
+            pca = buffer.getvalue()
+        return {"codebook.npy": codebook.getvalue(), "pca.npz": pca}
+
+    def load_blobs(self, codebook: bytes, pca: bytes | None) -> None:
+        self.codebook = Codebook.from_centroids(np.load(io.BytesIO(codebook), allow_pickle=False))
+        if pca is not None:
+            with np.load(io.BytesIO(pca), allow_pickle=False) as arrays:
+                self.pca = PCAWhitening.from_state(dict(arrays), whiten=self.params.whiten)

@@ -1,0 +1,268 @@
+"""Segments: the immutable files a commit adds to an index (see catalog.py for the protocol).
+
+    segments/<name>/
+      segment.json       {"format", "version", "dim", "vectors", "sha256"}
+      vectors.f32        vectors × dim float32, row r = the image with (segment, row) = (name, r)
+      store.json, keypoints.bin, descriptors.bin
+                         the segment's local-feature cache, when the index keeps one
+                         (feature_store.FeatureStore; offsets are per segment)
+
+A segment never changes once written: a merge writes a new one. Which rows are alive is
+the catalog's business (its image table), so deleting an image rewrites nothing here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vladsearch.catalog import IndexDamagedError, readers_lock
+from vladsearch.feature_store import FeatureStore
+
+SEGMENTS_DIR = "segments"
+STAGING_DIR = "staging"
+SEGMENT_FORMAT = "vladsearch-segment"
+SEGMENT_VERSION = 1
+VECTORS_FILE = "vectors.f32"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class StagedSegment:
+    """A finished segment waiting for its commit."""
+
+    name: str
+    directory: Path
+    vectors: int
+    features: bool
+    bytes: int
+    sha256: str
+
+
+class SegmentWriter:
+    """Appends vectors (and local features) of one segment under a staging directory."""
+
+    def __init__(self, directory: Path, dim: int, feature_dim: int | None = None,
+                 max_keypoints: int | None = None) -> None:
+        self.name = directory.name
+        self.directory = directory
+        self.dim = dim
+        self.max_keypoints = max_keypoints
+        directory.mkdir(parents=True)
+        self._vectors = open(directory / VECTORS_FILE, "wb")  # noqa: SIM115 - closed in finish()
+        self._hash = hashlib.sha256()
+        self.rows = 0
+        self.features = FeatureStore(directory, feature_dim, mode="a") if feature_dim else None
+
+    def append(self, vectors: np.ndarray) -> int:
+        """Add n×dim vectors; returns the row of the first."""
+        data = np.ascontiguousarray(vectors, "<f4").reshape(-1, self.dim).tobytes()
+        self._vectors.write(data)
+        self._hash.update(data)
+        first, self.rows = self.rows, self.rows + len(data) // (4 * self.dim)
+        return first
+
+    def append_features(self, features) -> tuple[int, int]:
+        """Cache one image's strongest local features; returns its (offset, count) in this segment."""
+        return self.features.append(features, max_keypoints=self.max_keypoints)
+
+    def finish(self) -> StagedSegment:
+        """Flush everything to disk (fsync) and describe the segment for the commit."""
+        self._vectors.flush()
+        os.fsync(self._vectors.fileno())
+        self._vectors.close()
+        if self.features is not None:
+            self.features.close()
+        info = {"format": SEGMENT_FORMAT, "version": SEGMENT_VERSION, "dim": self.dim,
+                "vectors": self.rows, "sha256": self._hash.hexdigest()}
+        with open(self.directory / "segment.json", "w", encoding="utf-8") as handle:
+            json.dump(info, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_dir(self.directory)
+        size = sum(f.stat().st_size for f in self.directory.iterdir())
+        return StagedSegment(self.name, self.directory, self.rows, self.features is not None, size, info["sha256"])
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._vectors.close()
+        if self.features is not None:
+            self.features.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Staging:
+    """A writer's private area: staging/<writer>/, marked alive by an flock on staging/<writer>.lock."""
+
+    def __init__(self, index_dir: Path) -> None:
+        self.index_dir = Path(index_dir)
+        root = self.index_dir / STAGING_DIR
+        root.mkdir(exist_ok=True)
+        self.writer = uuid.uuid4().hex[:16]
+        self.directory = root / self.writer
+        self._lock = os.open(root / f"{self.writer}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.directory.mkdir()
+
+    def new_segment(self, dim: int, feature_dim: int | None = None, max_keypoints: int | None = None) -> SegmentWriter:
+        return SegmentWriter(self.directory / f"seg-{uuid.uuid4().hex[:16]}", dim, feature_dim, max_keypoints)
+
+    def close(self) -> None:
+        """Remove what was not committed, then the lock."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(self.index_dir / STAGING_DIR / f"{self.writer}.lock")
+        os.close(self._lock)
+
+    def __enter__(self):  # no "-> Self": typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def publish(index_dir: Path, staged: list[StagedSegment]) -> list[Path]:
+    """Move staged segments into segments/ (call inside the commit transaction)."""
+    target_root = Path(index_dir) / SEGMENTS_DIR
+    target_root.mkdir(exist_ok=True)
+    moved = []
+    for segment in staged:
+        target = target_root / segment.name
+        os.replace(segment.directory, target)
+        segment.directory = target
+        moved.append(target)
+    fsync_dir(target_root)
+    return moved
+
+
+def unpublish(paths: list[Path]) -> None:
+    """Undo `publish` after a failed commit: those files belong to nobody."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def collect_garbage(index_dir: Path, db) -> int:
+    """Remove what no commit needs (call inside a write transaction); returns folders removed.
+
+    Dead writers' staging areas; segments a crashed commit moved in but never committed;
+    segments dropped by a merge, once no reader is taking a snapshot.
+    """
+    index_dir = Path(index_dir)
+    removed = 0
+    staging = index_dir / STAGING_DIR
+    for lock in staging.glob("*.lock") if staging.is_dir() else []:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live writer
+        else:
+            shutil.rmtree(staging / lock.stem, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            removed += 1
+        finally:
+            os.close(fd)
+    known = {name for (name,) in db.execute("SELECT name FROM segments")}
+    segments_root = index_dir / SEGMENTS_DIR
+    for folder in segments_root.iterdir() if segments_root.is_dir() else []:
+        if folder.name not in known:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    dropped = [name for (name,) in db.execute("SELECT name FROM segments WHERE state = 'dropped'")]
+    if dropped:
+        with readers_lock(index_dir, exclusive=True, wait=False) as held:
+            if held:
+                for name in dropped:
+                    shutil.rmtree(segments_root / name, ignore_errors=True)
+                db.executemany("DELETE FROM segments WHERE name = ?", [(n,) for n in dropped])
+                removed += len(dropped)
+    return removed
+
+
+def copy_segment(index_dir: Path, segment: dict, staging_dir: Path) -> StagedSegment:
+    """Copy a committed segment into a staging directory (fsynced), e.g. to save an index elsewhere."""
+    target = Path(staging_dir) / segment["name"]
+    shutil.copytree(segment_dir(index_dir, segment["name"]), target)
+    for child in target.iterdir():
+        with open(child, "rb+") as handle:
+            os.fsync(handle.fileno())
+    fsync_dir(target)
+    return StagedSegment(segment["name"], target, segment["vectors"], bool(segment["features"]),
+                         segment["bytes"], segment["sha256"])
+
+
+# --- reading ----------------------------------------------------------------------------
+def segment_dir(index_dir: Path, name: str) -> Path:
+    return Path(index_dir) / SEGMENTS_DIR / name
+
+
+def open_vectors(index_dir: Path, name: str, dim: int, count: int) -> np.ndarray:
+    """The segment's vectors, memory-mapped: count × dim float32 (read-only)."""
+    path = segment_dir(index_dir, name) / VECTORS_FILE
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise IndexDamagedError(f"segment file {path} is missing ({exc.strerror}); run `vladsearch check "
+                                f"{index_dir}`") from None
+    if size != count * dim * 4:
+        raise IndexDamagedError(f"segment file {path} holds {size} bytes, the catalog expects {count} × {dim} "
+                                f"float32 = {count * dim * 4}; run `vladsearch check {index_dir}`")
+    if count == 0:
+        return np.zeros((0, dim), np.float32)
+    return np.memmap(path, "<f4", "r", shape=(count, dim))
+
+
+def open_features(index_dir: Path, name: str, dim: int) -> FeatureStore:
+    directory = segment_dir(index_dir, name)
+    try:
+        store = FeatureStore(directory, dim, mode="r")
+        store.get(0, 0)  # map the files now: a mapping outlives a later unlink by a merge
+        return store
+    except (OSError, ValueError) as exc:
+        raise IndexDamagedError(f"the feature cache of segment {directory} is damaged ({exc}); "
+                                f"run `vladsearch check {index_dir}`") from None
+
+
+def verify_segment(index_dir: Path, segment: dict, dim: int, feature_dim: int | None) -> list[str]:
+    """Problems found in one committed segment's files (empty when it is sound)."""
+    directory = segment_dir(index_dir, segment["name"])
+    problems = []
+    try:
+        info = json.loads((directory / "segment.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return [f"{directory / 'segment.json'}: unreadable ({exc})"]
+    if info.get("dim") != dim or info.get("vectors") != segment["vectors"]:
+        problems.append(f"{directory / 'segment.json'}: {info.get('vectors')} vectors of {info.get('dim')} "
+                        f"dimensions, the catalog says {segment['vectors']} of {dim}")
+    path = directory / VECTORS_FILE
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    except OSError as exc:
+        return problems + [f"{path}: unreadable ({exc.strerror})"]
+    if digest.hexdigest() != segment["sha256"]:
+        problems.append(f"{path}: checksum mismatch (the file was changed or damaged)")
+    if segment["features"] and feature_dim:
+        try:
+            FeatureStore(directory, feature_dim, mode="r")
+        except (OSError, ValueError) as exc:
+            problems.append(f"{directory}: feature cache unreadable ({exc})")
+    return problems

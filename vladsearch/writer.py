@@ -1,0 +1,403 @@
+"""The write path: build, add and remove, each ending in one commit (protocol: catalog.py).
+
+A build makes one pass over the images. They are visited in a seeded random order; the
+first `codebook_images` of that order form the training set: their descriptors feed a
+bounded reservoir sample for k-means and wait, compactly on disk (float16), for the
+codebook. Once it is trained, the waiting images are encoded and every later image is
+encoded as soon as it is extracted. Vectors (and cached local features) stream into
+staged segments of at most SEGMENT_VECTORS rows, so memory is bounded by the sample, not
+by the collection. `add` encodes with the existing codebook; both commit their segments in
+one transaction, waiting for other writers only there.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vladsearch import __version__, catalog, legacy, segments
+from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample, PendingDescriptors
+from vladsearch.encoder import Encoder
+from vladsearch.extraction import ExtractedImage, extract_images, single_blas_thread
+from vladsearch.index_backend import FaissBackend
+from vladsearch.progress import progress_bar
+
+# Images whose vectors are normalised and written together.
+ADD_BATCH = 256
+# Rows per segment before a new one starts (8,192-d float32: 1 GiB per 32,768 rows).
+SEGMENT_VECTORS = 32_768
+
+
+@dataclass
+class Report:
+    """What happened to the files of one build/add call."""
+
+    indexed: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
+    no_keypoints: list[str] = field(default_factory=list)
+    replaced: int = 0
+    segments: int = 0
+
+
+def check_writable(index_dir: Path) -> None:
+    """Fail before any extraction when the index cannot be written."""
+    probe = index_dir if index_dir.exists() else index_dir.parent
+    targets = [probe] + [p for p in (index_dir / catalog.CATALOG,) if p.exists()]
+    for target in targets:
+        if not os.access(target, os.W_OK):
+            raise PermissionError(f"cannot write to {target} (read-only): nothing was changed; "
+                                  "fix its permissions or choose another --index")
+
+
+def disk_error(index_dir: Path, exc: BaseException) -> BaseException:
+    """A one-line error for a full disk; other errors pass through unchanged."""
+    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+        (isinstance(exc, sqlite3.OperationalError) and "full" in str(exc))
+    if full:
+        return OSError(errno.ENOSPC, f"the disk holding {index_dir} is full: nothing was committed and the index "
+                                     "is as it was; free some space and run the command again")
+    return exc
+
+
+class SegmentStream:
+    """Turns extracted images into staged segments and image rows (ids come at commit)."""
+
+    def __init__(self, staging: segments.Staging, encoder: Encoder, name_of, report: Report) -> None:
+        self.staging = staging
+        self.encoder = encoder
+        self.name_of = name_of
+        self.report = report
+        self.rows: list[dict[str, Any]] = []
+        self.staged: list[segments.StagedSegment] = []
+        self.pending: list[tuple[ExtractedImage, np.ndarray]] = []
+        self._segment: segments.SegmentWriter | None = None
+        self.seconds = {"encode": 0.0, "write": 0.0}
+
+    def segment(self) -> segments.SegmentWriter:
+        if self._segment is None:
+            keep = self.encoder.params.keep_features
+            self._segment = self.staging.new_segment(self.encoder.dim, self.encoder.feature_dim if keep else None,
+                                                     keep or None)
+        return self._segment
+
+    def arrive(self, item: ExtractedImage) -> None:
+        """Record a failed file, or cache an image's local features in the segment it will land in."""
+        if item.features is None:
+            self.report.skipped.append((self.name_of(item.path), item.error or "unknown error"))
+            self.rows.append({"path": self.name_of(item.path), "status": catalog.STATUS_SKIPPED,
+                              "reason": item.error or "unknown error"})
+        elif self.encoder.params.keep_features:
+            item.feature_rows = self.segment().append_features(item.features)
+
+    def queue(self, item: ExtractedImage, raw: np.ndarray | None = None) -> None:
+        """Reduce an image to its raw VLAD at once (its descriptors are freed); write in batches."""
+        t0 = time.perf_counter()
+        if raw is None:
+            raw = self.encoder.raw_vlads([item.features.descriptors])[0]
+        item.features.descriptors = None
+        self.pending.append((item, raw))
+        self.seconds["encode"] += time.perf_counter() - t0
+        if len(self.pending) >= ADD_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        t0 = time.perf_counter()
+        vectors = self.encoder.finish(np.stack([raw for _, raw in self.pending]))
+        t1 = time.perf_counter()
+        writer = self.segment()
+        first = writer.append(vectors)
+        for offset, (item, _) in enumerate(self.pending):
+            self._record(item, writer.name, first + offset)
+        self.pending.clear()
+        if writer.rows >= SEGMENT_VECTORS:
+            self.staged.append(writer.finish())
+            self._segment = None
+        self.seconds["encode"] += t1 - t0
+        self.seconds["write"] += time.perf_counter() - t1
+
+    def _record(self, item: ExtractedImage, segment: str, row: int) -> None:
+        name = self.name_of(item.path)
+        status = catalog.STATUS_INDEXED if len(item.features) else catalog.STATUS_NO_KEYPOINTS
+        if status == catalog.STATUS_NO_KEYPOINTS:
+            self.report.no_keypoints.append(name)
+        self.report.indexed += 1
+        width, height = item.features.image_size
+        offset, count = item.feature_rows or (None, None)
+        self.rows.append({"path": name, "status": status,
+                          "reason": "no keypoints detected" if status == catalog.STATUS_NO_KEYPOINTS else None,
+                          "file_size": item.file_size, "mtime": item.mtime, "sha1": item.sha1, "width": width,
+                          "height": height, "keypoints": len(item.features), "segment": segment, "row": row,
+                          "feat_offset": offset, "feat_count": count})
+
+    def finish(self) -> list[segments.StagedSegment]:
+        self.flush()
+        if self._segment is not None:
+            if self._segment.rows:
+                self.staged.append(self._segment.finish())
+            else:
+                self._segment.abort()
+            self._segment = None
+        return self.staged
+
+
+# --- build ------------------------------------------------------------------------------
+def train_and_stream(paths: list[Path], encoder: Encoder, stream_out: SegmentStream, workers: int | None,
+                     progress: bool) -> tuple[bytes | None, dict[str, float]]:
+    """The build's single pass (module docstring); returns the trained faiss template and timings."""
+    p = encoder.params
+    encoder.codebook = Codebook(p.clusters, restarts=p.restarts, seed=p.seed)
+    order = np.random.default_rng(p.seed).permutation(len(paths))
+    train_count = min(len(paths), p.codebook_images)
+    sample = DescriptorSample(SAMPLE_POINTS_PER_CLUSTER * p.clusters, seed=p.seed)
+    timings = {"codebook": 0.0, "index": 0.0}
+    template: bytes | None = None
+    start = time.perf_counter()
+    extractor = encoder.extractor()
+    with tempfile.TemporaryDirectory(prefix="vladsearch-") as scratch, single_blas_thread(extractor):
+        waiting = PendingDescriptors(scratch)
+        stream = extract_images([paths[i] for i in order], extractor, p.max_side, workers, max_pixels=p.max_pixels)
+        for position, item in enumerate(progress_bar(stream, total=len(paths), desc="extract+encode",
+                                                     enabled=progress)):
+            stream_out.arrive(item)
+            if position >= train_count:
+                if item.features is not None:
+                    stream_out.queue(item)
+                continue
+            if item.features is not None:
+                sample.add(item.features.descriptors)
+                waiting.append(item)
+            if position == train_count - 1:
+                template = _train(encoder, sample.sample(), waiting, stream_out, timings)
+        stream_out.finish()
+    timings["extract"] = time.perf_counter() - start - sum(timings.values()) - sum(stream_out.seconds.values())
+    timings["encode"] = stream_out.seconds["encode"]
+    timings["index"] += stream_out.seconds["write"]
+    return template, {k: timings[k] for k in ("extract", "codebook", "encode", "index")}
+
+
+def _train(encoder: Encoder, sample: np.ndarray, waiting: PendingDescriptors, stream_out: SegmentStream,
+           timings: dict[str, float]) -> bytes | None:
+    t0 = time.perf_counter()
+    if not waiting.entries:
+        reasons = "; ".join(f"{path}: {why}" for path, why in stream_out.report.skipped[:5])
+        raise ValueError(f"none of the {len(stream_out.report.skipped)} training images could be read ({reasons})")
+    if len(sample) == 0:
+        raise ValueError("the training images have no keypoints at all; check the images or --features")
+    encoder.codebook.fit(sample)
+    items = [entry[0] for entry in waiting.entries]
+    raw = np.zeros((len(items), encoder.codebook.centroids_.size), np.float32)
+    for row, item in enumerate(waiting):  # one image's descriptors in RAM at a time
+        raw[row] = encoder.raw_vlads([item.features.descriptors])[0]
+    encoder.fit_pca(raw)
+    backend = FaissBackend.create(encoder.dim, encoder.params.factory)
+    backend.train(encoder.finish(raw))
+    timings["codebook"] += time.perf_counter() - t0
+    for item, vector in zip(items, raw):
+        stream_out.queue(item, vector)
+    return backend.to_bytes()
+
+
+def build_meta(encoder: Encoder, index_dir: Path, root: Path) -> dict[str, Any]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return {"format": catalog.FORMAT_NAME, "format_version": catalog.FORMAT_VERSION, "created_by": __version__,
+            "created": now, "build_id": uuid.uuid4().hex, "params": vars(encoder.params),
+            "features": encoder.feature_config, "weights_path": encoder.weights, "dim": encoder.dim,
+            **catalog.root_meta(index_dir, root)}
+
+
+def existing_build(index_dir: Path) -> dict[str, Any] | None:
+    """The meta of the index already at index_dir (None: no committed index there)."""
+    if (index_dir / "manifest.json").exists() and not catalog.catalog_path(index_dir).exists():
+        return {"root": "(format 1 index)"}
+    if not catalog.catalog_path(index_dir).exists():
+        return None
+    db = catalog.connect(index_dir, readonly=True)
+    try:
+        return catalog.read_meta(db)
+    except catalog.IndexFormatError:
+        return None
+    finally:
+        db.close()
+
+
+def prepare_directory(index_dir: Path, force: bool) -> None:
+    check_writable(index_dir)
+    previous = existing_build(index_dir)
+    if previous is not None and not force:
+        raise FileExistsError(f"{index_dir} already holds an index (of {previous.get('root')}); pass --force to "
+                              f"replace it, or use `vladsearch add {index_dir} PHOTOS` to extend it")
+    if previous is None and index_dir.exists() and any(index_dir.iterdir()) \
+            and not catalog.catalog_path(index_dir).exists():
+        raise FileExistsError(f"{index_dir} exists and is not a vladsearch index; choose another --index path")
+    index_dir.mkdir(parents=True, exist_ok=True)
+    if (index_dir / "manifest.json").exists():  # a format-1 index being replaced
+        legacy.remove_format1(index_dir)
+    catalog.connect(index_dir, create=True).close()
+    (index_dir / catalog.READERS_LOCK).touch()
+
+
+def commit(index_dir: Path, staged: list[segments.StagedSegment], rows: list[dict[str, Any]], report: Report,
+           kind: str, build_id: str | None = None, replace: dict[str, Any] | None = None) -> None:
+    """One transaction: publish segments, insert image rows (replacing older versions of a file).
+
+    build_id: the build this writer encoded for; the commit fails if a rebuild replaced it.
+    replace: for a build, {"meta": …, "blobs": …} replacing the whole previous content.
+    """
+    db = catalog.connect(index_dir)
+    moved: list[Path] = []
+    try:
+        with catalog.write_transaction(db):
+            if replace is None:
+                current = catalog.read_meta(db).get("build_id")
+                if build_id is not None and current != build_id:
+                    raise RuntimeError("the index was rebuilt while this command ran; nothing was added: run it again")
+            else:
+                db.execute("UPDATE segments SET state = 'dropped' WHERE state = 'live'")
+                db.execute("DELETE FROM images")
+                db.execute("DELETE FROM deletions")
+                catalog.write_meta(db, replace["meta"])
+                for name, data in replace["blobs"].items():
+                    catalog.write_blob(db, name, data)
+            moved = segments.publish(index_dir, staged)
+            _insert_rows(db, rows, report)
+            for s in staged:
+                db.execute("INSERT INTO segments (name, vectors, features, bytes, sha256, state, created) "
+                           "VALUES (?, ?, ?, ?, ?, 'live', ?)", (s.name, s.vectors, int(s.features), s.bytes,
+                                                                 s.sha256, time.time()))
+            catalog.write_meta(db, {"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            catalog.record_commit(db, kind, report.indexed, report.replaced, len(staged))
+            segments.collect_garbage(index_dir, db)
+        report.segments = len(staged)
+    except BaseException as exc:
+        segments.unpublish(moved)
+        error = disk_error(index_dir, exc)
+        if error is exc:
+            raise
+        raise error from None
+    finally:
+        db.close()
+
+
+def _insert_rows(db: sqlite3.Connection, rows: list[dict[str, Any]], report: Report) -> None:
+    new_rows = []
+    for row in rows:
+        existing = catalog.find_image(db, row["path"])
+        if existing is not None:
+            if row["status"] == catalog.STATUS_SKIPPED and existing["status"] != catalog.STATUS_SKIPPED:
+                continue  # a file that fails now keeps the vector it had
+            if row["status"] != catalog.STATUS_SKIPPED and existing["status"] != catalog.STATUS_SKIPPED \
+                    and existing["sha1"] == row["sha1"]:
+                report.indexed -= 1  # another writer committed this very file meanwhile
+                report.unchanged += 1
+                report.no_keypoints = [n for n in report.no_keypoints if n != row["path"]]
+                continue
+            if existing["status"] != catalog.STATUS_SKIPPED:
+                report.replaced += 1
+            catalog.delete_images(db, [existing])
+        new_rows.append(row)
+    first = catalog.allocate_ids(db, len(new_rows))
+    for offset, row in enumerate(new_rows):
+        catalog.insert_image(db, {"id": first + offset, **row})
+
+
+# --- add and remove ---------------------------------------------------------------------
+def _unchanged(row: dict[str, Any] | None, path: Path) -> bool:
+    """Whether an indexed row still describes the file (size and mtime, else content hash)."""
+    if row is None or row["status"] == catalog.STATUS_SKIPPED:
+        return False
+    stat = os.stat(path)
+    if row["file_size"] != stat.st_size:
+        return False
+    if row["mtime"] == stat.st_mtime:
+        return True
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:  # copied or moved files keep their bytes, not their mtime
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == row["sha1"]
+
+
+def add_files(index_dir: Path, encoder: Encoder, build_id: str, files: dict[str, Path], workers: int | None,
+              progress: bool) -> Report:
+    """Encode new or changed files with the index's codebook into one segment and commit it.
+
+    files: indexed name -> file. Extraction runs without any lock; only the commit waits
+    for other writers (and then skips files that one of them committed meanwhile).
+    """
+    check_writable(index_dir)
+    report = Report()
+    db = catalog.connect(index_dir, readonly=True)
+    try:
+        todo = {}
+        for name, path in files.items():
+            if _unchanged(catalog.find_image(db, name), path):
+                report.unchanged += 1
+            else:
+                todo[str(path)] = name
+    finally:
+        db.close()
+    extractor = encoder.extractor()
+    try:
+        with segments.Staging(index_dir) as staging:
+            out = SegmentStream(staging, encoder, lambda p: todo[str(p)], report)
+            stream = extract_images(list(todo), extractor, encoder.params.max_side, workers,
+                                    max_pixels=encoder.params.max_pixels)
+            with single_blas_thread(extractor):
+                for item in progress_bar(stream, total=len(todo), desc="add", enabled=progress):
+                    out.arrive(item)
+                    if item.features is not None:
+                        out.queue(item)
+            staged = out.finish()
+            if out.rows:
+                commit(index_dir, staged, out.rows, report, "add", build_id)
+    except OSError as exc:
+        raise disk_error(index_dir, exc) from None
+    return report
+
+
+def remove_names(index_dir: Path, names: list[str]) -> list[str]:
+    """Delete images by indexed name in one commit; returns the names that were not indexed."""
+    check_writable(index_dir)
+    db = catalog.connect(index_dir)
+    try:
+        with catalog.write_transaction(db):
+            rows = [catalog.find_image(db, name) for name in names]
+            found = [r for r in rows if r is not None]
+            catalog.delete_images(db, found)
+            if found:
+                catalog.write_meta(db, {"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                catalog.record_commit(db, "remove", 0, len(found), 0)
+            segments.collect_garbage(index_dir, db)
+    except sqlite3.OperationalError as exc:
+        raise disk_error(index_dir, exc) from None
+    finally:
+        db.close()
+    return [name for name, row in zip(names, rows) if row is None]
+
+
+def copy_index(source_dir: Path, table: sqlite3.Connection, target: Path, force: bool, root: Path) -> None:
+    """Copy the committed state in `table` (a snapshot's catalog) and its segments to `target`."""
+    prepare_directory(target, force)
+    meta = catalog.read_meta(table)
+    meta.update(catalog.root_meta(target, root), build_id=uuid.uuid4().hex, next_id=0)
+    blobs = {name: bytes(data) for name, data in table.execute("SELECT name, data FROM blobs")}
+    rows = [{k: v for k, v in r.items() if k != "id"} for r in catalog.image_rows(table)]
+    try:
+        with segments.Staging(target) as staging:
+            staged = [segments.copy_segment(source_dir, s, staging.directory) for s in catalog.live_segments(table)]
+            commit(target, staged, rows, Report(), "build", replace={"meta": meta, "blobs": blobs})
+    except OSError as exc:
+        raise disk_error(target, exc) from None
