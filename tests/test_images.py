@@ -86,10 +86,13 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_huge_image_is_decoded_downscaled(tmp_path):
+    # 400 MP: over our default limit and over Pillow's own error threshold (2 × MAX_IMAGE_PIXELS).
     huge = np.zeros((20000, 20000), np.uint8)
     huge[::100] = 255
     cv2.imwrite(str(tmp_path / "huge.png"), huge)
-    image = load_image(tmp_path / "huge.png", max_side=1000)
+    with pytest.raises(ImageError, match="20000×20000"):
+        load_image(tmp_path / "huge.png", max_side=1000)
+    image = load_image(tmp_path / "huge.png", max_side=1000, max_pixels=None)
     assert image.gray.shape == (1000, 1000) and image.size == (20000, 20000) and image.scale == 20.0
 
 

@@ -103,6 +103,8 @@ def connect(index_dir: str | os.PathLike, *, create: bool = False, readonly: boo
                                      timeout=COMMIT_TIMEOUT, check_same_thread=False)
                 db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             except sqlite3.OperationalError:
+                if os.access(path.parent, os.W_OK):
+                    raise
                 # A read-only directory cannot hold WAL's shared-memory file: read it as a
                 # file nobody changes (true: nobody can write there either).
                 db = sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None,

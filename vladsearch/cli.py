@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from vladsearch import __version__
 from vladsearch.features import EXTRACTORS
@@ -264,6 +265,7 @@ COMMANDS = {"build": _cmd_build, "search": _cmd_search, "add": _cmd_add, "remove
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    warnings.showwarning = lambda message, *rest: print(f"vladsearch: warning: {message}", file=sys.stderr)
     handler = COMMANDS.get(args.command) or args.func  # subcommands of other modules set func
     try:
         return handler(args)

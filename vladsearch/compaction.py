@@ -100,6 +100,7 @@ def _commit_merge(index_dir: Path, db, staged: segments.StagedSegment, chosen: l
     moved: list[Path] = []
     try:
         with catalog.write_transaction(db):
+            segments.collect_garbage(index_dir, db)  # first: never what this transaction drops
             still_live = {s["name"] for s in catalog.live_segments(db)}
             if not set(chosen) <= still_live:
                 return  # another merge took these segments first: ours is discarded with the staging area
@@ -116,7 +117,6 @@ def _commit_merge(index_dir: Path, db, staged: segments.StagedSegment, chosen: l
                            [(staged.name, move[4], *chosen) for move in moves])
             db.execute(f"DELETE FROM deletions WHERE segment IN ({marks})", chosen)
             catalog.record_commit(db, "merge", 0, 0, 1)
-            segments.collect_garbage(index_dir, db)
     except BaseException:
         segments.unpublish(moved)
         raise

@@ -176,7 +176,8 @@ class Index:
         writer.check_writable(self.path)
         self._writable()
         files = {_relative(f, self.root): f for given in paths for f in list_images(given)}
-        self.report = writer.add_files(self.path, self.encoder, self.meta["build_id"], files, workers, progress)
+        self.report = writer.add_files(self.path, self.encoder, self.meta["build_id"], files, workers, progress,
+                                       self.root)
         if merge and self.report.segments:
             compaction.auto_merge(self.path, self.encoder.dim, self._feature_dim(), self.params.keep_features)
         self.refresh()

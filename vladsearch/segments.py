@@ -158,7 +158,10 @@ def unpublish(paths: list[Path]) -> None:
 
 
 def collect_garbage(index_dir: Path, db) -> int:
-    """Remove what no commit needs (call inside a write transaction); returns folders removed.
+    """Remove what no commit needs; returns folders removed.
+
+    Call it first thing inside a write transaction: a segment that this transaction
+    drops is still live for readers until COMMIT, so only earlier drops may go.
 
     Dead writers' staging areas; segments a crashed commit moved in but never committed;
     segments dropped by a merge, once no reader is taking a snapshot.

@@ -250,16 +250,19 @@ def prepare_directory(index_dir: Path, force: bool) -> None:
 
 
 def commit(index_dir: Path, staged: list[segments.StagedSegment], rows: list[dict[str, Any]], report: Report,
-           kind: str, build_id: str | None = None, replace: dict[str, Any] | None = None) -> None:
+           kind: str, build_id: str | None = None, replace: dict[str, Any] | None = None,
+           meta: dict[str, Any] | None = None) -> None:
     """One transaction: publish segments, insert image rows (replacing older versions of a file).
 
     build_id: the build this writer encoded for; the commit fails if a rebuild replaced it.
-    replace: for a build, {"meta": …, "blobs": …} replacing the whole previous content.
+    replace: for a build, {"meta": …, "blobs": …} replacing the whole previous content;
+    meta: entries to update (e.g. where the photos are now).
     """
     db = catalog.connect(index_dir)
     moved: list[Path] = []
     try:
         with catalog.write_transaction(db):
+            segments.collect_garbage(index_dir, db)  # first: never what this transaction drops
             if replace is None:
                 current = catalog.read_meta(db).get("build_id")
                 if build_id is not None and current != build_id:
@@ -277,9 +280,8 @@ def commit(index_dir: Path, staged: list[segments.StagedSegment], rows: list[dic
                 db.execute("INSERT INTO segments (name, vectors, features, bytes, sha256, state, created) "
                            "VALUES (?, ?, ?, ?, ?, 'live', ?)", (s.name, s.vectors, int(s.features), s.bytes,
                                                                  s.sha256, time.time()))
-            catalog.write_meta(db, {"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            catalog.write_meta(db, {**(meta or {}), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             catalog.record_commit(db, kind, report.indexed, report.replaced, len(staged))
-            segments.collect_garbage(index_dir, db)
         report.segments = len(staged)
     except BaseException as exc:
         segments.unpublish(moved)
@@ -331,10 +333,11 @@ def _unchanged(row: dict[str, Any] | None, path: Path) -> bool:
 
 
 def add_files(index_dir: Path, encoder: Encoder, build_id: str, files: dict[str, Path], workers: int | None,
-              progress: bool) -> Report:
+              progress: bool, root: Path | None = None) -> Report:
     """Encode new or changed files with the index's codebook into one segment and commit it.
 
-    files: indexed name -> file. Extraction runs without any lock; only the commit waits
+    files: indexed name -> file; root: the photos' folder, recorded with the commit.
+    Extraction runs without any lock; only the commit waits
     for other writers (and then skips files that one of them committed meanwhile).
     """
     check_writable(index_dir)
@@ -362,7 +365,8 @@ def add_files(index_dir: Path, encoder: Encoder, build_id: str, files: dict[str,
                         out.queue(item)
             staged = out.finish()
             if out.rows:
-                commit(index_dir, staged, out.rows, report, "add", build_id)
+                commit(index_dir, staged, out.rows, report, "add", build_id,
+                       meta=catalog.root_meta(index_dir, root) if root is not None and root.is_dir() else None)
     except OSError as exc:
         raise disk_error(index_dir, exc) from None
     return report
@@ -374,13 +378,13 @@ def remove_names(index_dir: Path, names: list[str]) -> list[str]:
     db = catalog.connect(index_dir)
     try:
         with catalog.write_transaction(db):
+            segments.collect_garbage(index_dir, db)  # first: never what this transaction drops
             rows = [catalog.find_image(db, name) for name in names]
             found = [r for r in rows if r is not None]
             catalog.delete_images(db, found)
             if found:
                 catalog.write_meta(db, {"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
                 catalog.record_commit(db, "remove", 0, len(found), 0)
-            segments.collect_garbage(index_dir, db)
     except sqlite3.OperationalError as exc:
         raise disk_error(index_dir, exc) from None
     finally:
