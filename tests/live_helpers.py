@@ -38,7 +38,7 @@ def make_images(folder: Path, count: int, seed: int, size: tuple[int, int] = (32
 
 def cli(*args: str, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run `vladsearch ARGS…` in a new process (as a user would)."""
-    result = subprocess.run([sys.executable, "-m", "vladsearch.cli", *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "vladsearch.cli", *args], capture_output=True, text=True, check=False,
                             timeout=timeout, cwd=kwargs.pop("cwd", None), env={**os.environ, "PYTHONPATH": str(PROJECT)},
                             **kwargs)
     if check and result.returncode != 0:

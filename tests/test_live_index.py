@@ -88,7 +88,7 @@ READER = textwrap.dedent("""
 
 def test_readers_never_fail_during_back_to_back_commits(base, tmp_path):
     index_dir = _copy(base, tmp_path)
-    query = sorted((tmp_path / "photos").glob("*.jpg"))[0]
+    query = min((tmp_path / "photos").glob("*.jpg"))
     extra = make_images(tmp_path / "extra", 24, seed=5)
     stop = tmp_path / "stop"
     reader = subprocess.Popen([sys.executable, "-c", READER, str(index_dir), str(query), str(stop)],
@@ -265,13 +265,12 @@ def test_read_only_index_fails_before_extracting(base, tmp_path):
     command = [sys.executable, "-m", "vladsearch.cli", "add", str(index_dir), str(new), "-q"]
     if os.geteuid() == 0:
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False,
                             env={**os.environ, "PYTHONPATH": str(PROJECT), "HOME": str(tmp_path)})
     for path in [index_dir, *index_dir.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     assert result.returncode == 2, result.stderr
     assert "read-only" in result.stderr and "Traceback" not in result.stderr
-    assert "add" not in result.stderr.split("read-only")[0].split("\n")[-1] or True
     assert info(index_dir)["counts"]["vectors"] == 24
 
 

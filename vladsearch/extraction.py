@@ -18,13 +18,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from vladsearch.features.base import Extractor, Features
 from vladsearch.images import DEFAULT_MAX_PIXELS, ImageError, LoadedImage, load_image
@@ -41,6 +42,33 @@ class ExtractedImage:
     sha1: str = ""
     error: str | None = None
     feature_rows: tuple[int, int] | None = None  # (offset, count) in the index's feature cache
+    # Unnormalised VLAD (K·D float32) computed where the features were extracted, when the
+    # caller's `WorkerEncoding` had its function set before this image was handed out.
+    raw_vlad: np.ndarray | None = None
+
+
+class WorkerEncoding:
+    """Lets the extraction workers also reduce each image to its raw VLAD (see extract_images).
+
+    Give one to `extract_images(encode=...)` and call `set(function)` whenever the
+    function is known (during a build: once the codebook is trained). `function` must be
+    picklable and map descriptors N×D float32 to a 1-D float32 vector, e.g.
+    `vladsearch.vlad.RawVLAD(codebook)`. Images handed to the workers after `set` arrive
+    with `raw_vlad` filled and, unless `keep_descriptors`, `features.descriptors` None
+    (not sent back between processes); images handed out before arrive as without it
+    (`raw_vlad` None, descriptors kept), and so does an image whose encoding raised.
+    """
+
+    def __init__(self, function: Callable[[np.ndarray], np.ndarray] | None = None,
+                 keep_descriptors: bool = False) -> None:
+        self.function = function
+        self.keep_descriptors = keep_descriptors
+
+    def set(self, function: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        self.function = function
+
+    def payload(self) -> tuple[Callable[[np.ndarray], np.ndarray], bool] | None:
+        return None if self.function is None else (self.function, self.keep_descriptors)
 
 
 def single_blas_thread(extractor: Extractor):
@@ -134,38 +162,111 @@ def _decode_only(path: Path) -> LoadedImage | ExtractedImage:
     return _load(path, _worker_max_side)
 
 
-# --- main side ---------------------------------------------------------------------
-def _ordered(executor: ProcessPoolExecutor | None, function, paths: list[Path], window: int,
-             init_here=None) -> Iterator:
-    """Apply `function` to every path, at most `window` in flight, results in order.
+_worker_blas_limited = False
 
-    init_here() prepares this process to run `function` itself if the pool breaks.
+
+def _encode(item: ExtractedImage, payload: tuple[Callable, bool] | None) -> ExtractedImage:
+    """Fill item.raw_vlad with payload's function (and drop the descriptors unless kept)."""
+    if payload is None or not isinstance(item, ExtractedImage) or item.features is None:
+        return item
+    function, keep_descriptors = payload
+    try:
+        item.raw_vlad = np.asarray(function(item.features.descriptors), np.float32)
+    except Exception:  # noqa: BLE001 - the caller encodes it again (and reports a real problem)
+        return item
+    if not keep_descriptors:
+        item.features.descriptors = None
+    return item
+
+
+def _run_chunk(function, paths: list[Path], payload) -> list:
+    """Worker task: `function` on each of a few paths (one task per chunk: less IPC, no idle gaps)."""
+    global _worker_blas_limited
+    if payload is not None and not _worker_blas_limited:
+        # Small matrix products, one process per core: BLAS threads would only spin.
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+        _worker_blas_limited = True
+    return [_encode(function(path), payload) for path in paths]
+
+
+# --- main side ---------------------------------------------------------------------
+def _ordered(make_executor: Callable[[int], ProcessPoolExecutor] | None, function, paths: list[Path],
+             window: int, chunk: int, encoding: WorkerEncoding | None) -> Iterator:
+    """Apply `function` to every path in worker processes, results in input order.
+
+    Paths go out in chunks of `chunk` (a task each) with at most `window` paths in flight.
+    If a worker dies (a decoder crash), the paths whose results were lost are each run
+    again alone in a fresh process, so that only the culprit is reported, and a new pool
+    takes the rest.
     """
-    if executor is None:
-        yield from (function(path) for path in paths)
+    def payload():
+        return encoding.payload() if encoding is not None else None
+
+    if make_executor is None:
+        yield from (_encode(function(path), payload()) for path in paths)
         return
-    pending: deque[tuple[Path, Future]] = deque()
-    remaining = iter(paths)
-    for path in remaining:
-        pending.append((path, executor.submit(function, path)))
-        if len(pending) >= window:
-            break
-    while pending:
-        path, future = pending.popleft()
+    executor = make_executor(0)
+    chunks = (paths[i:i + chunk] for i in range(0, len(paths), chunk))
+    pending: deque[tuple[list[Path], Future]] = deque()
+    in_flight = 0
+
+    def refill() -> None:
+        nonlocal in_flight
+        while in_flight < window:
+            batch = next(chunks, None)
+            if batch is None:
+                return
+            pending.append((batch, executor.submit(_run_chunk, function, batch, payload())))
+            in_flight += len(batch)
+
+    try:
+        refill()
+        while pending:
+            batch, future = pending.popleft()
+            try:
+                results = future.result()
+            except BrokenProcessPool:
+                # Every unfinished task of the pool is lost: isolate each of their paths.
+                lost = [batch] + [other for other, f in pending
+                                  if not f.done() or isinstance(f.exception(), BrokenProcessPool)]
+                done = {id(other): f.result() for other, f in pending
+                        if f.done() and not isinstance(f.exception(), BrokenProcessPool)}
+                redone = {id(other): [_isolated(make_executor, function, path, payload()) for path in other]
+                          for other in lost}
+                executor.shutdown(wait=True, cancel_futures=True)
+                results = redone[id(batch)]
+                finished = list(pending)
+                pending.clear()
+                in_flight = 0
+                executor = make_executor(0)
+                for other, _f in finished:
+                    resolved = Future()
+                    resolved.set_result(redone.get(id(other), done.get(id(other))))
+                    pending.append((other, resolved))
+                    in_flight += len(other)
+            in_flight -= len(batch)
+            refill()
+            yield from results
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _isolated(make_executor, function, path: Path, payload) -> object:
+    """Run one path alone in a fresh worker process: a crash there can only be this file's."""
+    with make_executor(1) as single:
         try:
-            yield future.result()
+            return single.submit(_run_chunk, function, [path], payload).result()[0]
         except BrokenProcessPool:
-            # A worker died (e.g. a decoder crash): report this file; the pool is unusable,
-            # so finish the rest in this process.
-            yield ExtractedImage(path, None, error="decoder crashed on this file")
-            init_here()
-            for other, _ in pending:
-                yield function(other)
-            yield from (function(other) for other in remaining)
-            return
-        for path in remaining:
-            pending.append((path, executor.submit(function, path)))
-            break
+            return ExtractedImage(path, None, error="decoder crashed on this file")
+
+
+# In flight per worker process, in images (a chunk is one task): enough that a worker never
+# waits for the main process (whose own work, e.g. training the codebook, pauses the hand-out),
+# few enough that results waiting in order stay small.
+CHUNK = 4
+WINDOW_PER_WORKER = 16
 
 
 def extract_images(
@@ -175,11 +276,14 @@ def extract_images(
     workers: int | None = None,
     batch_size: int = 8,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    encode: WorkerEncoding | None = None,
 ) -> Iterator[ExtractedImage]:
     """Yield an `ExtractedImage` per path, in input order, decoding each file once.
 
     workers: processes for decoding (and for extraction with CPU extractors); None
     uses every core; 1 runs everything in this process.
+    encode: see `WorkerEncoding`; with CPU extractors the workers compute `raw_vlad` (and
+    the descriptors need not travel back), with networks this process does after the model.
     """
     global _worker_max_pixels
     _worker_max_pixels = max_pixels
@@ -189,8 +293,8 @@ def extract_images(
         raise ValueError(f"--workers must be at least 1, got {workers}")
     in_main = extractor.runs_in_main_process
     use_pool = workers > 1 and len(paths) > 1
-    executor = None
     cv2_threads = cv2.getNumThreads()
+    make_executor = None
     if use_pool:
         # One image per process, so OpenCV's own threads would only oversubscribe. Set it
         # here, before the fork: a forked child must not touch OpenCV's thread pool, whose
@@ -199,26 +303,23 @@ def extract_images(
         # fork starts workers at once and, unlike spawn/forkserver, does not re-run the
         # caller's __main__ (a user script without a main guard still works).
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        executor = ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_init_worker,
-            initargs=(None if in_main else extractor, max_side, os.getpid()),
-        )
+
+        def make_executor(count: int) -> ProcessPoolExecutor:
+            return ProcessPoolExecutor(max_workers=count or workers, mp_context=context, initializer=_init_worker,
+                                       initargs=(None if in_main else extractor, max_side, os.getpid()))
     else:
         _init_worker(None if in_main else extractor, max_side)
-    window = 4 * workers + batch_size
-
-    def init_here() -> None:
-        _init_worker(None if in_main else extractor, max_side)
-
+    window = max(WINDOW_PER_WORKER * workers, batch_size)
+    chunk = CHUNK if len(paths) >= 4 * CHUNK * workers else 1  # few paths: spread them over every worker
     try:
         if not in_main:
-            yield from _ordered(executor, _decode_and_extract, paths, window, init_here)
+            yield from _ordered(make_executor, _decode_and_extract, paths, window, chunk, encode)
         else:
-            yield from _batched_in_main(_ordered(executor, _decode_only, paths, window, init_here),
-                                        paths, extractor, batch_size)
+            decoded = _ordered(make_executor, _decode_only, paths, window, chunk, None)
+            payload = encode.payload if encode is not None else lambda: None
+            for item in _batched_in_main(decoded, paths, extractor, batch_size):
+                yield _encode(item, payload())
     finally:
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
         cv2.setNumThreads(cv2_threads)
 
 

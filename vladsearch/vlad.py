@@ -37,6 +37,21 @@ def vlad(descriptors: np.ndarray, centroids: np.ndarray, assignments: np.ndarray
     return (sums - counts[:, None] * centroids).reshape(-1).astype(np.float32, copy=False)
 
 
+class RawVLAD:
+    """A picklable `descriptors -> unnormalised VLAD` function for one codebook.
+
+    For `extraction.WorkerEncoding`: worker processes reduce each image to its K·D float32
+    raw VLAD, exactly as `vlad(descriptors, codebook.centroids_, codebook.assign(descriptors))`.
+    codebook: a fitted `vladsearch.codebook.Codebook`.
+    """
+
+    def __init__(self, codebook) -> None:
+        self.codebook = codebook
+
+    def __call__(self, descriptors: np.ndarray) -> np.ndarray:
+        return vlad(descriptors, self.codebook.centroids_, self.codebook.assign(descriptors))
+
+
 def power_normalize(vectors: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Signed power normalisation sign(v)·|v|^alpha (alpha 0.5: signed square root)."""
     return (np.sign(vectors) * np.abs(vectors) ** alpha).astype(np.float32, copy=False)
