@@ -51,8 +51,12 @@ def segments_to_merge(live: list[dict]) -> list[str]:
 
 
 def merge(index_dir: Path, dim: int, feature_dim: int | None, names: list[str] | None = None,
-          keep_features: int = 0) -> MergeReport:
-    """Merge the named live segments (None: all of them) into one; returns what moved."""
+          keep_features: int = 0, dtype: str = "float32", code_size: int = 0) -> MergeReport:
+    """Merge the named live segments (None: all of them) into one; returns what moved.
+
+    dtype: how the index stores vectors; code_size: bytes of its compact codes (0: none),
+    which are copied, not recomputed.
+    """
     index_dir = Path(index_dir)
     db = catalog.connect(index_dir)
     try:
@@ -67,18 +71,22 @@ def merge(index_dir: Path, dim: int, feature_dim: int | None, names: list[str] |
         if len(chosen) < 2 and not deleted:
             return MergeReport()
         with catalog.readers_lock(index_dir):
-            sources = {n: segments.open_vectors(index_dir, n, dim, live[n]["vectors"]) for n in chosen}
+            sources = {n: segments.open_vectors(index_dir, n, dim, live[n]["vectors"], dtype) for n in chosen}
+            codes = {n: segments.open_codes(index_dir, n, live[n]["vectors"], code_size) for n in chosen} \
+                if code_size else {}
             stores = {n: segments.open_features(index_dir, n, feature_dim) for n in chosen
                       if live[n]["features"] and feature_dim}
         report = MergeReport(len(chosen))
         with segments.Staging(index_dir) as staging:
-            writer = staging.new_segment(dim, feature_dim if stores else None, keep_features or None)
+            writer = staging.new_segment(dim, feature_dim if stores else None, keep_features or None, dtype)
             moves = []
             for name in chosen:
                 live_rows = np.array(rows[name], dtype=object).reshape(-1, 4)
                 for start in range(0, len(live_rows), 4096):
                     chunk = live_rows[start:start + 4096]
-                    first = writer.append(np.asarray(sources[name][chunk[:, 1].astype(np.int64)], np.float32))
+                    rows_here = chunk[:, 1].astype(np.int64)
+                    first = writer.append(np.asarray(sources[name][rows_here], np.float32),
+                                          codes=codes[name][rows_here] if codes else None)
                     for k, (image_id, _, offset, count) in enumerate(chunk):
                         new_offset = new_count = None
                         if name in stores and count is not None:
@@ -122,7 +130,8 @@ def _commit_merge(index_dir: Path, db, staged: segments.StagedSegment, chosen: l
         raise
 
 
-def auto_merge(index_dir: Path, dim: int, feature_dim: int | None, keep_features: int = 0) -> int:
+def auto_merge(index_dir: Path, dim: int, feature_dim: int | None, keep_features: int = 0, dtype: str = "float32",
+               code_size: int = 0) -> int:
     """Merge by the log policy until no level is full; returns the merges done."""
     merges = 0
     while True:
@@ -133,5 +142,5 @@ def auto_merge(index_dir: Path, dim: int, feature_dim: int | None, keep_features
             db.close()
         if not chosen:
             return merges
-        merge(index_dir, dim, feature_dim, chosen, keep_features)
+        merge(index_dir, dim, feature_dim, chosen, keep_features, dtype, code_size)
         merges += 1

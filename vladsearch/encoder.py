@@ -40,10 +40,26 @@ class BuildParams:
     seed: int = 0
     keep_features: int = 0            # cache the N strongest local features per image for reranking
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger images are skipped as likely decompression bombs
+    codes: str = ""                   # "": every vector in RAM (exact); "PCA256,PQ64": compact codes (quantizer.py)
+    refine: int = 0                   # with codes: candidates re-scored exactly from the vectors on disk
+    vector_dtype: str = "float32"     # how segments store vectors ("float16" halves the disk)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BuildParams:
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+# Named settings (`build --preset`); docs/SCALE.md says when to switch.
+PRESETS: dict[str, dict[str, Any]] = {
+    "exact": {"codes": "", "refine": 0, "vector_dtype": "float32"},
+    "large": {"codes": "PCA256,PQ64", "refine": 256, "vector_dtype": "float16"},
+}
+
+
+def preset_params(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
 
 
 class Encoder:
@@ -56,6 +72,7 @@ class Encoder:
         self.weights = os.path.abspath(weights) if weights else None
         self.codebook: Codebook | None = None
         self.pca: PCAWhitening | None = None
+        self.coder = None  # quantizer.CoarseCodes, trained at the end of a build with compact codes
         self._extractor: Extractor | None = None
 
     def extractor(self) -> Extractor:
@@ -128,10 +145,15 @@ class Encoder:
             buffer = io.BytesIO()
             np.savez(buffer, **self.pca.state())
             pca = buffer.getvalue()
-        return {"codebook.npy": codebook.getvalue(), "pca.npz": pca}
+        return {"codebook.npy": codebook.getvalue(), "pca.npz": pca,
+                "coarse.npz": self.coder.to_bytes() if self.coder is not None else None}
 
-    def load_blobs(self, codebook: bytes, pca: bytes | None) -> None:
+    def load_blobs(self, codebook: bytes, pca: bytes | None, coarse: bytes | None = None) -> None:
         self.codebook = Codebook.from_centroids(np.load(io.BytesIO(codebook), allow_pickle=False))
         if pca is not None:
             with np.load(io.BytesIO(pca), allow_pickle=False) as arrays:
                 self.pca = PCAWhitening.from_state(dict(arrays), whiten=self.params.whiten)
+        if coarse is not None:
+            from vladsearch.quantizer import CoarseCodes
+
+            self.coder = CoarseCodes.from_bytes(coarse)

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from vladsearch import catalog, compaction, legacy, search, segments, writer
+from vladsearch.distributed import collect_inputs, expand_inputs
 from vladsearch.encoder import BuildParams, Encoder
 from vladsearch.features import extractor_class
-from vladsearch.images import IMAGE_EXTENSIONS, list_images
+from vladsearch.images import IMAGE_EXTENSIONS
 from vladsearch.results import SearchResult
 from vladsearch.snapshot import TEMPLATE_BLOB, Snapshot
 from vladsearch.writer import Report
@@ -62,7 +63,7 @@ class Index:
         temporary = index is None
         index_dir = Path(tempfile.mkdtemp(prefix="vladsearch-index-")) if temporary else Path(index)
         writer.prepare_directory(index_dir, force)
-        paths = list_images(root)
+        root, paths = collect_inputs(images)  # a folder, or a text file listing images
         if not paths:
             raise ValueError(f"no images found in {images} (looked for {', '.join(IMAGE_EXTENSIONS)})")
         encoder = Encoder(BuildParams(features=features, clusters=clusters, **params), weights=weights)
@@ -97,13 +98,14 @@ class Index:
         try:
             meta = catalog.read_meta(db)
             codebook, pca = catalog.read_blob(db, "codebook.npy"), catalog.read_blob(db, "pca.npz")
+            coarse = catalog.read_blob(db, "coarse.npz")
             _, meta["updated_at"] = catalog.last_commit(db)
         finally:
             db.close()
         if codebook is None:
             raise catalog.IndexDamagedError(f"the catalog of {path} has no codebook; run `vladsearch check {path}`")
         encoder = Encoder(BuildParams.from_dict(meta["params"]), meta["features"], weights or meta.get("weights_path"))
-        encoder.load_blobs(codebook, pca)
+        encoder.load_blobs(codebook, pca, coarse)
         return cls(path, encoder, meta, Path(root) if root else None)
 
     def _find_root(self) -> Path:
@@ -123,8 +125,9 @@ class Index:
     def snapshot(self) -> Snapshot:
         """The committed state being searched (loaded on first use; see `refresh`)."""
         if self._snapshot is None:
-            snapshot = Snapshot(self.path, self.encoder.dim, self.encoder.feature_dim if self.params.keep_features
-                                else None, self.params.factory)
+            p = self.params
+            snapshot = Snapshot(self.path, self.encoder.dim, self.encoder.feature_dim if p.keep_features else None,
+                                p.factory, p.vector_dtype, p.refine)
             snapshot.refresh()
             self._snapshot = snapshot
         return self._snapshot
@@ -157,11 +160,11 @@ class Index:
         return self.snapshot.search(xq, k, nprobe)
 
     def vectors_of(self, ids: list[int]) -> np.ndarray:
-        return self.snapshot.backend.reconstruct(np.asarray(ids, np.int64))
+        return self.snapshot.reconstruct(ids)
 
     def image_paths(self) -> list[str]:
         """Paths of the images that have vectors, in id order."""
-        return [r["path"] for r in catalog.image_rows(self.snapshot.table) if r["segment"] is not None]
+        return [r["path"] for r in catalog.image_rows(self.snapshot.db) if r["segment"] is not None]
 
     # --- writing ---------------------------------------------------------------------
     def _writable(self) -> None:
@@ -175,11 +178,12 @@ class Index:
         """Encode new or changed images with the existing codebook and commit them as one segment."""
         writer.check_writable(self.path)
         self._writable()
-        files = {_relative(f, self.root): f for given in paths for f in list_images(given)}
+        files = {_relative(f, self.root): f for given in paths for f in expand_inputs(given)}
         self.report = writer.add_files(self.path, self.encoder, self.meta["build_id"], files, workers, progress,
                                        self.root)
         if merge and self.report.segments:
-            compaction.auto_merge(self.path, self.encoder.dim, self._feature_dim(), self.params.keep_features)
+            compaction.auto_merge(self.path, self.encoder.dim, self._feature_dim(), self.params.keep_features,
+                                  self.params.vector_dtype, self._code_size())
         self.refresh()
         return self.report
 
@@ -204,9 +208,13 @@ class Index:
         """Merge every segment into one, dropping deleted vectors (`vladsearch compact`)."""
         writer.check_writable(self.path)
         self._writable()
-        report = compaction.merge(self.path, self.encoder.dim, self._feature_dim(), None, self.params.keep_features)
+        report = compaction.merge(self.path, self.encoder.dim, self._feature_dim(), None, self.params.keep_features,
+                                  self.params.vector_dtype, self._code_size())
         self.refresh()
         return report
+
+    def _code_size(self) -> int:
+        return self.encoder.coder.code_size if self.encoder.coder is not None else 0
 
     def _feature_dim(self) -> int | None:
         return self.encoder.feature_dim if self.params.keep_features else None
@@ -219,14 +227,14 @@ class Index:
         if legacy.is_format1(self.path):
             raise ValueError(f"{self.path} is a format 1 index: run `vladsearch compact {self.path}` to migrate "
                              "it first, or copy the directory")
-        writer.copy_index(self.path, self.snapshot.table, path, force, self.root)
+        writer.copy_index(self.path, self.snapshot.db, path, force, self.root)
         self.path, self._snapshot = path, None
         self.meta = Index.open(path, self.encoder.weights, self.root).meta
         return path
 
     # --- describing ------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        table = self.snapshot.table
+        table = self.snapshot.db
         live = catalog.live_segments(table)
         counts = {"images": catalog.count_images(table), "vectors": int(self.snapshot.backend.ntotal),
                   "indexed": catalog.count_images(table, catalog.STATUS_INDEXED),
@@ -240,11 +248,32 @@ class Index:
             "root": str(self.root), "params": vars(self.params), "features": self.encoder.feature_config,
             "weights_path": self.encoder.weights, "dim": self.encoder.dim, "counts": counts,
             "segments": [{k: s[k] for k in ("name", "vectors", "bytes")} for s in live],
+            "bytes_per_image": self._bytes_per_image(live),
             "timings": self.timings,
             "skipped_files": [{"path": r["path"], "reason": r["reason"]}
                               for r in catalog.image_rows(table, catalog.STATUS_SKIPPED)],
             "no_keypoint_files": [r["path"] for r in catalog.image_rows(table, catalog.STATUS_NO_KEYPOINTS)],
         }
+
+
+    def _bytes_per_image(self, live: list[dict[str, Any]]) -> dict[str, float]:
+        """Marginal bytes one more image costs: in RAM (what a reader holds) and on disk (segments + catalog)."""
+        vectors = sum(s["vectors"] for s in live)
+        db = self.snapshot.db
+        images = max(catalog.count_images(db), 1)
+        pages = db.execute("SELECT SUM(pgsize) FROM dbstat WHERE name LIKE 'images%'").fetchone()[0] \
+            if _has_dbstat(db) else None
+        catalog_bytes = (pages or 0) / images
+        disk = sum(s["bytes"] for s in live) / max(vectors, 1) + catalog_bytes
+        return {"ram": round(self.snapshot.ram_bytes_per_image(), 1), "disk": round(disk, 1)}
+
+
+def _has_dbstat(db) -> bool:
+    try:
+        db.execute("SELECT 1 FROM dbstat LIMIT 1").fetchall()
+        return True
+    except Exception:  # noqa: BLE001 - SQLite built without the dbstat table
+        return False
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -62,7 +62,7 @@ class Format1Snapshot(Snapshot):
         self.manifest = manifest
 
     def refresh(self) -> bool:
-        if self.table is not None:
+        if self.db is not None:
             return False
         data = self.index_dir / self.manifest["generation"]
         try:
@@ -70,8 +70,8 @@ class Format1Snapshot(Snapshot):
         except RuntimeError as exc:
             raise catalog.IndexDamagedError(f"{data / 'index.faiss'} is damaged ({str(exc).splitlines()[0]}); "
                                             "rebuild the index") from None
-        self.table = sqlite3.connect(":memory:", check_same_thread=False)
-        self.table.executescript(catalog._SCHEMA)
+        self.db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        self.db.executescript(catalog._SCHEMA)
         source = sqlite3.connect(f"file:{data / 'images.sqlite'}?mode=ro", uri=True)
         try:
             rows = source.execute(f"SELECT {', '.join(V1_COLUMNS)} FROM images").fetchall()
@@ -82,13 +82,16 @@ class Format1Snapshot(Snapshot):
         for row in rows:
             values = dict(zip(V1_COLUMNS, row))
             indexed = values["status"] != catalog.STATUS_SKIPPED
-            catalog.insert_image(self.table, {**values, "segment": LEGACY_SEGMENT if indexed else None,
+            catalog.insert_image(self.db, {**values, "segment": LEGACY_SEGMENT if indexed else None,
                                               "row": None})
         cache = self.manifest.get("feature_store")
         if cache and self.feature_dim:
             self.features = {LEGACY_SEGMENT: FeatureStore(self.index_dir / cache["dir"], cache["dim"], mode="r",
                                                           committed_rows=cache["rows"])}
-        self.loaded_ids = np.array(sorted(r[0] for r in rows if r[2] != catalog.STATUS_SKIPPED), np.int64)
+        located = sorted((r[0], 0, -1, -1 if r[10] is None else r[10], -1 if r[11] is None else r[11])
+                         for r in rows if r[2] != catalog.STATUS_SKIPPED)
+        located = np.array(located, np.int64).reshape(-1, 5)
+        self.loaded_ids, self._where, self.segment_names = located[:, 0], located[:, 1:], [LEGACY_SEGMENT]
         self.commit_seq = 0
         return True
 
@@ -112,7 +115,7 @@ def open_format1(index_class, path: Path, weights: str | None, root: str | os.Pa
 def migrate(index_dir: Path, index) -> None:
     """Rewrite a format 1 index as format 2 (module docstring); `index` is it, opened."""
     snapshot: Format1Snapshot = index.snapshot
-    rows = catalog.image_rows(snapshot.table)
+    rows = catalog.image_rows(snapshot.db)
     staged = []
     with segments.Staging(index_dir) as staging:
         has_features = bool(snapshot.features)

@@ -160,7 +160,7 @@ def _expand(snapshot: Snapshot, query_vector: np.ndarray, matches: list[Match], 
     neighbours = neighbours[:n]
     if not neighbours:
         return matches
-    xb = snapshot.backend.reconstruct(np.asarray([m.id for m in neighbours], np.int64))
+    xb = snapshot.reconstruct([m.id for m in neighbours])
     expanded = average_query_expansion(query_vector[None], xb[None])
     D, I = snapshot.search(expanded, k, nprobe)
     scores, ids = top_k(D[0], I[0], k)

@@ -1,8 +1,10 @@
 """Segments: the immutable files a commit adds to an index (see catalog.py for the protocol).
 
     segments/<name>/
-      segment.json       {"format", "version", "dim", "vectors", "sha256"}
-      vectors.f32        vectors × dim float32, row r = the image with (segment, row) = (name, r)
+      segment.json       {"format", "version", "dim", "vectors", "dtype", "code_size", "sha256"}
+      vectors.f32        vectors × dim, float32 (or float16 for --preset large: vectors.f16);
+                         row r = the image with (segment, row) = (name, r)
+      codes.u8           vectors × code_size uint8: the compact codes (--preset large only)
       store.json, keypoints.bin, descriptors.bin
                          the segment's local-feature cache, when the index keeps one
                          (feature_store.FeatureStore; offsets are per segment)
@@ -33,6 +35,8 @@ STAGING_DIR = "staging"
 SEGMENT_FORMAT = "vladsearch-segment"
 SEGMENT_VERSION = 1
 VECTORS_FILE = "vectors.f32"
+VECTOR_FILES = {"float32": ("vectors.f32", "<f4"), "float16": ("vectors.f16", "<f2")}
+CODES_FILE = "codes.u8"
 
 
 def fsync_dir(path: Path) -> None:
@@ -59,23 +63,35 @@ class SegmentWriter:
     """Appends vectors (and local features) of one segment under a staging directory."""
 
     def __init__(self, directory: Path, dim: int, feature_dim: int | None = None,
-                 max_keypoints: int | None = None) -> None:
+                 max_keypoints: int | None = None, dtype: str = "float32", coder=None) -> None:
         self.name = directory.name
         self.directory = directory
         self.dim = dim
         self.max_keypoints = max_keypoints
+        self.dtype = dtype
+        self.coder = coder  # quantizer.CoarseCodes: also write each vector's compact code
         directory.mkdir(parents=True)
-        self._vectors = open(directory / VECTORS_FILE, "wb")  # noqa: SIM115 - closed in finish()
+        filename, self._numpy_dtype = VECTOR_FILES[dtype]
+        self._vectors = open(directory / filename, "wb")  # noqa: SIM115 - closed in finish()
+        self._codes = open(directory / CODES_FILE, "wb") if coder is not None else None  # noqa: SIM115
+        self._code_size = coder.code_size if coder is not None else 0
         self._hash = hashlib.sha256()
         self.rows = 0
         self.features = FeatureStore(directory, feature_dim, mode="a") if feature_dim else None
 
-    def append(self, vectors: np.ndarray) -> int:
-        """Add n×dim vectors; returns the row of the first."""
-        data = np.ascontiguousarray(vectors, "<f4").reshape(-1, self.dim).tobytes()
+    def append(self, vectors: np.ndarray, codes: np.ndarray | None = None) -> int:
+        """Add n×dim vectors (and their compact codes, computed here unless given); returns the row of the first."""
+        vectors = np.asarray(vectors, np.float32).reshape(-1, self.dim)
+        data = np.ascontiguousarray(vectors, self._numpy_dtype).tobytes()
         self._vectors.write(data)
         self._hash.update(data)
-        first, self.rows = self.rows, self.rows + len(data) // (4 * self.dim)
+        if codes is not None and self._codes is None:  # a merge copying codes: no coder needed
+            self._codes = open(self.directory / CODES_FILE, "wb")  # noqa: SIM115 - closed in finish()
+            self._code_size = codes.shape[1]
+        if self._codes is not None:
+            codes = self.coder.encode(vectors) if codes is None else codes
+            self._codes.write(np.ascontiguousarray(codes, np.uint8).tobytes())
+        first, self.rows = self.rows, self.rows + len(vectors)
         return first
 
     def append_features(self, features) -> tuple[int, int]:
@@ -84,13 +100,16 @@ class SegmentWriter:
 
     def finish(self) -> StagedSegment:
         """Flush everything to disk (fsync) and describe the segment for the commit."""
-        self._vectors.flush()
-        os.fsync(self._vectors.fileno())
-        self._vectors.close()
+        for handle in (self._vectors, self._codes):
+            if handle is not None:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
         if self.features is not None:
             self.features.close()
-        info = {"format": SEGMENT_FORMAT, "version": SEGMENT_VERSION, "dim": self.dim,
-                "vectors": self.rows, "sha256": self._hash.hexdigest()}
+        info = {"format": SEGMENT_FORMAT, "version": SEGMENT_VERSION, "dim": self.dim, "vectors": self.rows,
+                "dtype": self.dtype, "code_size": self._code_size,
+                "sha256": self._hash.hexdigest()}
         with open(self.directory / "segment.json", "w", encoding="utf-8") as handle:
             json.dump(info, handle)
             handle.flush()
@@ -100,8 +119,9 @@ class SegmentWriter:
         return StagedSegment(self.name, self.directory, self.rows, self.features is not None, size, info["sha256"])
 
     def abort(self) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, AttributeError):
             self._vectors.close()
+            self._codes.close()
         if self.features is not None:
             self.features.close()
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -120,8 +140,10 @@ class Staging:
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.directory.mkdir()
 
-    def new_segment(self, dim: int, feature_dim: int | None = None, max_keypoints: int | None = None) -> SegmentWriter:
-        return SegmentWriter(self.directory / f"seg-{uuid.uuid4().hex[:16]}", dim, feature_dim, max_keypoints)
+    def new_segment(self, dim: int, feature_dim: int | None = None, max_keypoints: int | None = None,
+                    dtype: str = "float32", coder=None) -> SegmentWriter:
+        return SegmentWriter(self.directory / f"seg-{uuid.uuid4().hex[:16]}", dim, feature_dim, max_keypoints,
+                             dtype, coder)
 
     def close(self) -> None:
         """Remove what was not committed, then the lock."""
@@ -215,20 +237,48 @@ def segment_dir(index_dir: Path, name: str) -> Path:
     return Path(index_dir) / SEGMENTS_DIR / name
 
 
-def open_vectors(index_dir: Path, name: str, dim: int, count: int) -> np.ndarray:
-    """The segment's vectors, memory-mapped: count × dim float32 (read-only)."""
-    path = segment_dir(index_dir, name) / VECTORS_FILE
+def add_codes(staged: StagedSegment, coder, dim: int, dtype: str) -> None:
+    """Write the compact codes of a staged segment whose vectors were written before training."""
+    vectors = open_vectors(staged.directory, staged.name, dim, staged.vectors, dtype, directory=staged.directory)
+    with open(staged.directory / CODES_FILE, "wb") as handle:
+        for start in range(0, staged.vectors, 16384):
+            handle.write(np.ascontiguousarray(coder.encode(np.asarray(vectors[start:start + 16384], np.float32)))
+                         .tobytes())
+        handle.flush()
+        os.fsync(handle.fileno())
+    info_path = staged.directory / "segment.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["code_size"] = coder.code_size
+    info_path.write_text(json.dumps(info), encoding="utf-8")
+    staged.bytes += (staged.directory / CODES_FILE).stat().st_size
+
+
+def open_codes(index_dir: Path, name: str, count: int, code_size: int) -> np.ndarray:
+    """The segment's compact codes, memory-mapped: count × code_size uint8."""
+    path = segment_dir(index_dir, name) / CODES_FILE
+    if not path.is_file() or path.stat().st_size != count * code_size:
+        raise IndexDamagedError(f"segment file {path} is missing or not {count} × {code_size} bytes; "
+                                f"run `vladsearch check {index_dir}`")
+    return np.memmap(path, np.uint8, "r", shape=(count, code_size)) if count else np.zeros((0, code_size), np.uint8)
+
+
+def open_vectors(index_dir: Path, name: str, dim: int, count: int, dtype: str = "float32",
+                 directory: Path | None = None) -> np.ndarray:
+    """The segment's vectors, memory-mapped: count × dim (read-only; float32 or float16)."""
+    filename, numpy_dtype = VECTOR_FILES[dtype]
+    path = (directory or segment_dir(index_dir, name)) / filename
+    itemsize = np.dtype(numpy_dtype).itemsize
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise IndexDamagedError(f"segment file {path} is missing ({exc.strerror}); run `vladsearch check "
                                 f"{index_dir}`") from None
-    if size != count * dim * 4:
+    if size != count * dim * itemsize:
         raise IndexDamagedError(f"segment file {path} holds {size} bytes, the catalog expects {count} × {dim} "
-                                f"float32 = {count * dim * 4}; run `vladsearch check {index_dir}`")
+                                f"{dtype} = {count * dim * itemsize}; run `vladsearch check {index_dir}`")
     if count == 0:
         return np.zeros((0, dim), np.float32)
-    return np.memmap(path, "<f4", "r", shape=(count, dim))
+    return np.memmap(path, numpy_dtype, "r", shape=(count, dim))
 
 
 def open_features(index_dir: Path, name: str, dim: int) -> FeatureStore:
@@ -253,7 +303,7 @@ def verify_segment(index_dir: Path, segment: dict, dim: int, feature_dim: int | 
     if info.get("dim") != dim or info.get("vectors") != segment["vectors"]:
         problems.append(f"{directory / 'segment.json'}: {info.get('vectors')} vectors of {info.get('dim')} "
                         f"dimensions, the catalog says {segment['vectors']} of {dim}")
-    path = directory / VECTORS_FILE
+    path = directory / VECTOR_FILES[info.get("dtype", "float32")][0]
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
@@ -263,6 +313,10 @@ def verify_segment(index_dir: Path, segment: dict, dim: int, feature_dim: int | 
         return problems + [f"{path}: unreadable ({exc.strerror})"]
     if digest.hexdigest() != segment["sha256"]:
         problems.append(f"{path}: checksum mismatch (the file was changed or damaged)")
+    code_size = info.get("code_size", 0)
+    if code_size and (not (directory / CODES_FILE).is_file()
+                      or (directory / CODES_FILE).stat().st_size != code_size * segment["vectors"]):
+        problems.append(f"{directory / CODES_FILE}: missing or not {segment['vectors']} × {code_size} bytes")
     if segment["features"] and feature_dim:
         try:
             FeatureStore(directory, feature_dim, mode="r")

@@ -86,9 +86,10 @@ class SegmentStream:
 
     def segment(self) -> segments.SegmentWriter:
         if self._segment is None:
-            keep = self.encoder.params.keep_features
-            self._segment = self.staging.new_segment(self.encoder.dim, self.encoder.feature_dim if keep else None,
-                                                     keep or None)
+            p = self.encoder.params
+            self._segment = self.staging.new_segment(self.encoder.dim, self.encoder.feature_dim if p.keep_features
+                                                     else None, p.keep_features or None, p.vector_dtype,
+                                                     self.encoder.coder)
         return self._segment
 
     def arrive(self, item: ExtractedImage) -> None:
@@ -182,6 +183,10 @@ def train_and_stream(paths: list[Path], encoder: Encoder, stream_out: SegmentStr
             if position == train_count - 1:
                 template = _train(encoder, sample.sample(), waiting, stream_out, timings)
         stream_out.finish()
+    if p.codes:
+        t0 = time.perf_counter()
+        train_codes(encoder, stream_out.staged)
+        timings["index"] += time.perf_counter() - t0
     timings["extract"] = time.perf_counter() - start - sum(timings.values()) - sum(stream_out.seconds.values())
     timings["encode"] = stream_out.seconds["encode"]
     timings["index"] += stream_out.seconds["write"]
@@ -208,6 +213,28 @@ def _train(encoder: Encoder, sample: np.ndarray, waiting: PendingDescriptors, st
     for item, vector in zip(items, raw):
         stream_out.queue(item, vector)
     return backend.to_bytes()
+
+
+def train_codes(encoder: Encoder, staged: list[segments.StagedSegment]) -> None:
+    """Train the compact codes on a seeded sample of the staged vectors, then code every segment."""
+    from vladsearch.quantizer import CoarseCodes
+
+    p = encoder.params
+    maps = [segments.open_vectors(s.directory, s.name, encoder.dim, s.vectors, p.vector_dtype, directory=s.directory)
+            for s in staged]
+    starts = np.cumsum([0] + [len(m) for m in maps])
+
+    def read_rows(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), encoder.dim), np.float32)
+        which = np.searchsorted(starts, rows, side="right") - 1
+        for segment in np.unique(which):
+            pick = which == segment
+            out[pick] = maps[segment][rows[pick] - starts[segment]]
+        return out
+
+    encoder.coder = CoarseCodes(p.codes, seed=p.seed).fit(read_rows, int(starts[-1]))
+    for segment in staged:
+        segments.add_codes(segment, encoder.coder, encoder.dim, p.vector_dtype)
 
 
 def build_meta(encoder: Encoder, index_dir: Path, root: Path) -> dict[str, Any]:

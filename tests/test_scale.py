@@ -1,0 +1,73 @@
+"""Compact codes (--preset large): small codes in RAM, exact answers from the vectors on disk."""
+
+import numpy as np
+import pytest
+from conftest import PHOTO_NAMES
+
+from vladsearch import Index
+from vladsearch.check import check_index
+from vladsearch.encoder import preset_params
+from vladsearch.quantizer import CoarseCodes, randomized_pca
+
+
+def test_randomized_pca_finds_the_principal_subspace():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((600, 20)) * np.linspace(10, 2, 20)) @ rng.standard_normal((20, 300))
+    x = (x + 0.05 * rng.standard_normal(x.shape)).astype(np.float32)
+    mean, components = randomized_pca(x, 20)
+    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    np.testing.assert_allclose(mean, x.mean(0), atol=1e-4)
+    np.testing.assert_allclose(components @ components.T, np.eye(20), atol=1e-4)
+    assert np.linalg.norm(components @ vt[:20].T) ** 2 / 20 > 0.999  # the same subspace
+
+
+def test_codes_with_refinement_find_what_exact_search_finds():
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((300, 512)).astype(np.float32)
+    xb = centres[rng.integers(0, 300, 6000)] + 0.6 * rng.standard_normal((6000, 512)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    xq = xb[:200] + 0.05 * rng.standard_normal((200, 512)).astype(np.float32)
+    coder = CoarseCodes("PCA64,PQ16", seed=0).fit_array(xb)
+    ivf = coder.empty_index()
+    ivf.add_sa_codes(coder.encode(xb), np.arange(len(xb), dtype=np.int64))
+    _, candidates = ivf.search(coder.project(xq), 64)
+    exact = np.argmax(xq @ xb.T, axis=1)
+    found = [exact[q] in candidates[q] for q in range(len(xq))]
+    assert np.mean(found) >= 0.99
+    again = CoarseCodes.from_bytes(coder.to_bytes())
+    np.testing.assert_array_equal(again.encode(xb[:50]), coder.encode(xb[:50]))
+
+
+@pytest.fixture(scope="module")
+def large(photo_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("large") / "large.vlad"
+    return Index.build(photo_dir, index=path, clusters=16, progress=False, workers=2, **preset_params("large"))
+
+
+def test_large_preset_answers_like_exact(large, photo_dir):
+    exact = Index.build(photo_dir, clusters=16, progress=False, workers=2)
+    files = sorted(p for p in photo_dir.rglob("*") if p.is_file())
+    a, b = exact.search(files, top=3), large.search(files, top=3)
+    for ra, rb in zip(a, b):
+        assert [m.image for m in ra.matches] == [m.image for m in rb.matches]
+        np.testing.assert_allclose([m.score for m in ra.matches], [m.score for m in rb.matches], atol=2e-3)
+
+
+def test_large_preset_keeps_ram_small_and_stays_live(large, photo_dir, tmp_path):
+    import shutil
+
+    work = tmp_path / "l.vlad"
+    shutil.copytree(large.path, work)
+    info = Index.open(work).info()
+    assert info["bytes_per_image"]["ram"] <= 256 and info["params"]["vector_dtype"] == "float16"
+    index = Index.open(work)
+    index.remove(["coffee.jpg"])
+    shutil.copy(photo_dir / "coffee.jpg", tmp_path / "coffee_again.jpg")
+    index.add([tmp_path / "coffee_again.jpg"], progress=False, merge=False)
+    top = index.search([photo_dir / "coffee.jpg"], top=1)[0].matches[0]
+    assert top.image.endswith("coffee_again.jpg") and top.score == pytest.approx(1.0, abs=2e-3)
+    index.compact()
+    reopened = Index.open(work)
+    assert reopened.backend.ntotal == len(PHOTO_NAMES)
+    assert reopened.search([photo_dir / "rocket.jpg"], top=1)[0].matches[0].image == "rocket.jpg"
+    assert check_index(work)[0] == []
