@@ -155,17 +155,17 @@ def _install_counters(log_path: str) -> None:
     original_decode, original_imdecode = vladsearch.images.decode_gray, cv2.imdecode
     original_load = vladsearch.extraction.load_image
 
-    def decode_gray(data, max_side):
+    def decode_gray(data, *args, **kwargs):
         append("decode_gray")
-        return original_decode(data, max_side)
+        return original_decode(data, *args, **kwargs)
 
     def imdecode(buffer, flags):
         append("imdecode")
         return original_imdecode(buffer, flags)
 
-    def load_image(path, max_side=1024):
+    def load_image(path, *args, **kwargs):
         append(f"load\t{os.fspath(path)}")
-        return original_load(path, max_side)
+        return original_load(path, *args, **kwargs)
 
     vladsearch.images.decode_gray = decode_gray
     vladsearch.images.cv2.imdecode = imdecode  # vladsearch.images calls cv2.imdecode through the module
@@ -186,7 +186,17 @@ def _decode_counts(log_path: str) -> dict:
 
 
 def _measure(spec: dict) -> dict:
-    """Runs in the child interpreter: one baseline or one build (+ save)."""
+    """Runs in the child interpreter: one floor, baseline or build (+ save)."""
+    if spec["what"] == "floor":  # independent of vladsearch: nothing of it imported
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import build_floor
+
+        result = build_floor.floor(build_floor.list_files(Path(spec["images_dir"])), spec["workers"])
+        unit = 1 / 1024 if sys.platform != "darwin" else 1 / 1024 / 1024
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        result.update(main_maxrss_mib=me.ru_maxrss * unit, cpu_main_s=me.ru_utime + me.ru_stime,
+                      worker_maxrss_mib=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit)
+        return result
     import faiss  # noqa: F401 - imported before the clock in both measurements
 
     import vladsearch.index  # noqa: F401
@@ -207,11 +217,10 @@ def _measure(spec: dict) -> dict:
         profiler.enable()
     if spec["what"] == "baseline":
         # The same extractor and max_side as Index.build (BuildParams defaults + our options).
-        from vladsearch.index import BuildParams
+        from vladsearch.encoder import BuildParams, Encoder
 
-        probe = Index(BuildParams(features=spec["features"], clusters=spec["clusters"], **spec["params"]),
-                      Path(spec["images_dir"]))
-        probe._weights = spec["weights"]
+        probe = Encoder(BuildParams(features=spec["features"], clusters=spec["clusters"], **spec["params"]),
+                        weights=spec["weights"])
         extractor = probe.extractor()
         start = time.perf_counter()
         keypoints = failed = 0
@@ -223,19 +232,20 @@ def _measure(spec: dict) -> dict:
         result["wall"] = time.perf_counter() - start
         result.update(keypoints=keypoints, failed=failed, max_side=probe.params.max_side)
     else:
-        start = time.perf_counter()
-        index = Index.build(spec["images_dir"], features=spec["features"], clusters=spec["clusters"],
-                            weights=spec["weights"], workers=spec["workers"], progress=False, **spec["params"])
-        build = time.perf_counter() - start
         with tempfile.TemporaryDirectory(prefix="bench-build-save-") as scratch:
-            t0 = time.perf_counter()
-            index.save(Path(scratch) / "index.vlad")
-            save = time.perf_counter() - t0
-        result["wall"] = time.perf_counter() - start
-        result.update(build=build, save=save, timings=dict(index.timings),
-                      indexed=index.report.indexed, skipped=len(index.report.skipped),
-                      no_keypoints=len(index.report.no_keypoints), max_side=index.params.max_side,
-                      clusters=index.params.clusters, dim=index.backend.dim)
+            # As `vladsearch build DIR --index X`: the build writes and commits the index itself.
+            start = time.perf_counter()
+            index = Index.build(spec["images_dir"], index=Path(scratch) / "index.vlad", features=spec["features"],
+                                clusters=spec["clusters"], weights=spec["weights"], workers=spec["workers"],
+                                progress=False, **spec["params"])
+            build = time.perf_counter() - start
+            save = 0.0
+            result["wall"] = time.perf_counter() - start
+            result.update(build=build, save=save, timings=dict(index.timings),
+                          indexed=index.report.indexed, skipped=len(index.report.skipped),
+                          no_keypoints=len(index.report.no_keypoints), max_side=index.params.max_side,
+                          clusters=index.params.clusters, dim=index.backend.dim)
+            del index
     if spec["profile"]:
         profiler.disable()
         profiler.dump_stats(spec["profile"])
@@ -368,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generate", type=int, metavar="N", help="use N synthetic photo-like 640×480 JPEGs")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "vladsearch-bench-build",
                         help="where --generate keeps its images between runs")
-    parser.add_argument("--clusters", type=int, default=16,
+    parser.add_argument("--clusters", type=int, default=None,
                         help="k-means clusters (default 16; 'default' is not accepted, see --default-clusters)")
     parser.add_argument("--default-clusters", action="store_true",
                         help="use Index.build's own default number of clusters instead of --clusters")
@@ -376,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="weights file for learned features")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--max-side", type=int, default=None, help="pass max_side to the build (default: the build's)")
+    parser.add_argument("--floor", action="store_true",
+                        help="compare with the independent floor (build_floor.py: Pool of cv2.imread + default "
+                             "SIFT, no vladsearch code) instead of extract_images; implies Index.build's default "
+                             "clusters unless --clusters is given")
     parser.add_argument("--repeat", type=int, default=1, help="baseline/build pairs to run (alternating)")
     parser.add_argument("--memory-sweep", action="store_true", help="peak memory of Index.build per collection size")
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000, 5000], help="sizes for --memory-sweep")
@@ -395,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give IMAGES_DIR or --generate N (or --memory-sweep)")
     ratio = args.images_dir is not None or args.generate is not None
 
+    if args.clusters is None:
+        args.clusters = _default_clusters() if args.floor else 16
     clusters = _default_clusters() if args.default_clusters else args.clusters
     params = {} if args.max_side is None else {"max_side": args.max_side}
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -413,20 +429,26 @@ def main(argv: list[str] | None = None) -> int:
             spec = {**base_spec, "images_dir": str(folder)}
             pairs = []
             for number in range(args.repeat):
-                base = run_measurement({**spec, "what": "baseline"}, scratch, f"baseline{number}")
+                reference = "floor" if args.floor else "baseline"
+                base = run_measurement({**spec, "what": reference}, scratch, f"{reference}{number}")
                 last = number == args.repeat - 1
                 build = run_measurement({**spec, "what": "build",
                                          "profile": str(args.profile) if args.profile and last else None,
                                          "py_spy": str(args.py_spy) if args.py_spy and last else None},
                                         scratch, f"build{number}")
                 pairs.append((base, build))
-                print(f"  pair {number + 1}: baseline {base['wall']:.2f} s, build+save {build['wall']:.2f} s, "
+                print(f"  pair {number + 1}: {reference} {base['wall']:.2f} s, build+save {build['wall']:.2f} s, "
                       f"ratio {build['wall'] / base['wall']:.3f} (load average {os.getloadavg()[0]:.2f})", flush=True)
+            if args.floor:
+                print(f"floor = build_floor.floor: Pool({base['processes']}) of cv2.imread(GRAYSCALE) + "
+                      f"cv2.SIFT_create().detectAndCompute, cv2 threads {base['cv2_threads']} per worker; "
+                      "the 'baseline' columns below are the floor")
             print(f"\n{base['images']} images in {folder} (max_side {build['max_side']}, "
                   f"{base['keypoints'] / max(base['images'], 1):.0f} keypoints/image, {base['failed']} failed)")
             print(ratio_table(pairs))
             print("\ndecoding:")
-            print(decode_line("baseline", pairs[-1][0]))
+            if not args.floor:
+                print(decode_line("baseline", pairs[-1][0]))
             print(decode_line("build", pairs[-1][1]))
             print("\npeak memory (MiB):")
             print(memory_header())

@@ -231,3 +231,12 @@ def test_adding_the_same_files_twice_in_one_call_indexes_them_once(built, tmp_pa
     assert report.indexed == 1
     assert index.backend.ntotal == len(PHOTO_NAMES) + 1
     assert index.search([new / "grass.jpg"], top=30)[0].matches[0].image.endswith("new/grass.jpg")
+
+
+def test_vectors_encoded_in_workers_equal_those_encoded_here(photo_dir):
+    # codebook_images=4: every later image is reduced to its VLAD inside a worker process
+    pooled = Index.build(photo_dir, clusters=8, codebook_images=4, progress=False, workers=2)
+    serial = Index.build(photo_dir, clusters=8, codebook_images=4, progress=False, workers=1)
+    assert pooled.image_paths() == serial.image_paths()
+    ids_p, ids_s = list(pooled.snapshot.loaded_ids), list(serial.snapshot.loaded_ids)
+    np.testing.assert_allclose(pooled.vectors_of(ids_p), serial.vectors_of(ids_s), atol=1e-5)

@@ -28,9 +28,10 @@ import numpy as np
 from vladsearch import __version__, catalog, legacy, segments
 from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample, PendingDescriptors
 from vladsearch.encoder import Encoder
-from vladsearch.extraction import ExtractedImage, extract_images, single_blas_thread
+from vladsearch.extraction import ExtractedImage, WorkerEncoding, extract_images, single_blas_thread
 from vladsearch.index_backend import FaissBackend
 from vladsearch.progress import progress_bar
+from vladsearch.vlad import RawVLAD
 
 # Images whose vectors are normalised and written together.
 ADD_BATCH = 256
@@ -167,21 +168,24 @@ def train_and_stream(paths: list[Path], encoder: Encoder, stream_out: SegmentStr
     template: bytes | None = None
     start = time.perf_counter()
     extractor = encoder.extractor()
+    # Once the codebook exists, workers also reduce each image to its raw VLAD.
+    worker_encoding = WorkerEncoding(keep_descriptors=bool(p.keep_features))
     with tempfile.TemporaryDirectory(prefix="vladsearch-") as scratch, single_blas_thread(extractor):
         waiting = PendingDescriptors(scratch)
-        stream = extract_images([paths[i] for i in order], extractor, p.max_side, workers, max_pixels=p.max_pixels)
+        stream = extract_images([paths[i] for i in order], extractor, p.max_side, workers, max_pixels=p.max_pixels,
+                                encode=worker_encoding)
         for position, item in enumerate(progress_bar(stream, total=len(paths), desc="extract+encode",
                                                      enabled=progress)):
             stream_out.arrive(item)
             if position >= train_count:
                 if item.features is not None:
-                    stream_out.queue(item)
+                    stream_out.queue(item, item.raw_vlad)
                 continue
             if item.features is not None:
                 sample.add(item.features.descriptors)
                 waiting.append(item)
             if position == train_count - 1:
-                template = _train(encoder, sample.sample(), waiting, stream_out, timings)
+                template = _train(encoder, sample.sample(), waiting, stream_out, timings, worker_encoding)
         stream_out.finish()
     if p.codes:
         t0 = time.perf_counter()
@@ -194,7 +198,7 @@ def train_and_stream(paths: list[Path], encoder: Encoder, stream_out: SegmentStr
 
 
 def _train(encoder: Encoder, sample: np.ndarray, waiting: PendingDescriptors, stream_out: SegmentStream,
-           timings: dict[str, float]) -> bytes | None:
+           timings: dict[str, float], worker_encoding: WorkerEncoding) -> bytes | None:
     t0 = time.perf_counter()
     if not waiting.entries:
         reasons = "; ".join(f"{path}: {why}" for path, why in stream_out.report.skipped[:5])
@@ -202,6 +206,7 @@ def _train(encoder: Encoder, sample: np.ndarray, waiting: PendingDescriptors, st
     if len(sample) == 0:
         raise ValueError("the training images have no keypoints at all; check the images or --features")
     encoder.codebook.fit(sample)
+    worker_encoding.set(RawVLAD(encoder.codebook))
     items = [entry[0] for entry in waiting.entries]
     raw = np.zeros((len(items), encoder.codebook.centroids_.size), np.float32)
     for row, item in enumerate(waiting):  # one image's descriptors in RAM at a time
@@ -384,12 +389,14 @@ def add_files(index_dir: Path, encoder: Encoder, build_id: str, files: dict[str,
         with segments.Staging(index_dir) as staging:
             out = SegmentStream(staging, encoder, lambda p: todo[str(p)], report)
             stream = extract_images(list(todo), extractor, encoder.params.max_side, workers,
-                                    max_pixels=encoder.params.max_pixels)
+                                    max_pixels=encoder.params.max_pixels,
+                                    encode=WorkerEncoding(RawVLAD(encoder.codebook),
+                                                          keep_descriptors=bool(encoder.params.keep_features)))
             with single_blas_thread(extractor):
                 for item in progress_bar(stream, total=len(todo), desc="add", enabled=progress):
                     out.arrive(item)
                     if item.features is not None:
-                        out.queue(item)
+                        out.queue(item, item.raw_vlad)
             staged = out.finish()
             if out.rows:
                 commit(index_dir, staged, out.rows, report, "add", build_id,
