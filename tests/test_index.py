@@ -233,10 +233,14 @@ def test_adding_the_same_files_twice_in_one_call_indexes_them_once(built, tmp_pa
     assert index.search([new / "grass.jpg"], top=30)[0].matches[0].image.endswith("new/grass.jpg")
 
 
-def test_vectors_encoded_in_workers_equal_those_encoded_here(photo_dir):
-    # codebook_images=4: every later image is reduced to its VLAD inside a worker process
-    pooled = Index.build(photo_dir, clusters=8, codebook_images=4, progress=False, workers=2)
-    serial = Index.build(photo_dir, clusters=8, codebook_images=4, progress=False, workers=1)
+def test_vectors_encoded_in_workers_equal_those_encoded_here(tmp_path):
+    from live_helpers import make_images
+
+    make_images(tmp_path / "many", 70, seed=3, size=(200, 150))
+    # codebook_images=4 and 70 images: those handed out after training (beyond the
+    # in-flight window) are reduced to their VLAD inside the worker processes
+    pooled = Index.build(tmp_path / "many", clusters=8, codebook_images=4, progress=False, workers=2)
+    serial = Index.build(tmp_path / "many", clusters=8, codebook_images=4, progress=False, workers=1)
     assert pooled.image_paths() == serial.image_paths()
     ids_p, ids_s = list(pooled.snapshot.loaded_ids), list(serial.snapshot.loaded_ids)
     np.testing.assert_allclose(pooled.vectors_of(ids_p), serial.vectors_of(ids_s), atol=1e-5)

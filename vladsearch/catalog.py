@@ -28,6 +28,7 @@ Image ids are never reused (meta `next_id`), so "this id was deleted" never beco
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -139,6 +140,26 @@ def write_transaction(db: sqlite3.Connection):
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
         raise
+
+
+def check_writable(index_dir: Path) -> None:
+    """Fail before any extraction when the index cannot be written."""
+    probe = index_dir if index_dir.exists() else index_dir.parent
+    targets = [probe] + [p for p in (index_dir / CATALOG,) if p.exists()]
+    for target in targets:
+        if not os.access(target, os.W_OK):
+            raise PermissionError(f"cannot write to {target} (read-only): nothing was changed; "
+                                  "fix its permissions or choose another --index")
+
+
+def disk_error(index_dir: Path, exc: BaseException) -> BaseException:
+    """A one-line error for a full disk; other errors pass through unchanged."""
+    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+        (isinstance(exc, sqlite3.OperationalError) and "full" in str(exc))
+    if full:
+        return OSError(errno.ENOSPC, f"the disk holding {index_dir} is full: nothing was committed and the index "
+                                     "is as it was; free some space and run the command again")
+    return exc
 
 
 # --- meta and blobs --------------------------------------------------------------------

@@ -169,3 +169,30 @@ class CoarseCodes:
             codes.mean_, codes.components_ = arrays["mean"], arrays["components"]
             codes.ivf_ = _faiss().deserialize_index(arrays["ivf"])
         return codes
+
+
+def train_codes(encoder, staged: list) -> CoarseCodes:
+    """Train compact codes on a seeded sample of staged segments' vectors, then code every segment.
+
+    encoder: the build's `Encoder` (dim, params.codes/seed/vector_dtype); staged:
+    `segments.StagedSegment`s whose vectors are written; returns the trained codes.
+    """
+    from vladsearch import segments
+
+    p = encoder.params
+    maps = [segments.open_vectors(s.directory, s.name, encoder.dim, s.vectors, p.vector_dtype, directory=s.directory)
+            for s in staged]
+    starts = np.cumsum([0] + [len(m) for m in maps])
+
+    def read_rows(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), encoder.dim), np.float32)
+        which = np.searchsorted(starts, rows, side="right") - 1
+        for segment in np.unique(which):
+            pick = which == segment
+            out[pick] = maps[segment][rows[pick] - starts[segment]]
+        return out
+
+    coder = CoarseCodes(p.codes, seed=p.seed).fit(read_rows, int(starts[-1]))
+    for segment in staged:
+        segments.add_codes(segment, coder, encoder.dim, p.vector_dtype)
+    return coder

@@ -241,9 +241,8 @@ def add_codes(staged: StagedSegment, coder, dim: int, dtype: str) -> None:
     """Write the compact codes of a staged segment whose vectors were written before training."""
     vectors = open_vectors(staged.directory, staged.name, dim, staged.vectors, dtype, directory=staged.directory)
     with open(staged.directory / CODES_FILE, "wb") as handle:
-        for start in range(0, staged.vectors, 16384):
-            handle.write(np.ascontiguousarray(coder.encode(np.asarray(vectors[start:start + 16384], np.float32)))
-                         .tobytes())
+        handle.writelines(np.ascontiguousarray(coder.encode(np.asarray(vectors[start:start + 16384], np.float32)))
+                         .tobytes() for start in range(0, staged.vectors, 16384))
         handle.flush()
         os.fsync(handle.fileno())
     info_path = staged.directory / "segment.json"

@@ -12,7 +12,6 @@ one transaction, waiting for other writers only there.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import sqlite3
@@ -26,11 +25,13 @@ from typing import Any
 import numpy as np
 
 from vladsearch import __version__, catalog, legacy, segments
+from vladsearch.catalog import check_writable, disk_error
 from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample, PendingDescriptors
 from vladsearch.encoder import Encoder
 from vladsearch.extraction import ExtractedImage, WorkerEncoding, extract_images, single_blas_thread
 from vladsearch.index_backend import FaissBackend
 from vladsearch.progress import progress_bar
+from vladsearch.quantizer import train_codes
 from vladsearch.vlad import RawVLAD
 
 # Images whose vectors are normalised and written together.
@@ -49,26 +50,6 @@ class Report:
     no_keypoints: list[str] = field(default_factory=list)
     replaced: int = 0
     segments: int = 0
-
-
-def check_writable(index_dir: Path) -> None:
-    """Fail before any extraction when the index cannot be written."""
-    probe = index_dir if index_dir.exists() else index_dir.parent
-    targets = [probe] + [p for p in (index_dir / catalog.CATALOG,) if p.exists()]
-    for target in targets:
-        if not os.access(target, os.W_OK):
-            raise PermissionError(f"cannot write to {target} (read-only): nothing was changed; "
-                                  "fix its permissions or choose another --index")
-
-
-def disk_error(index_dir: Path, exc: BaseException) -> BaseException:
-    """A one-line error for a full disk; other errors pass through unchanged."""
-    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or \
-        (isinstance(exc, sqlite3.OperationalError) and "full" in str(exc))
-    if full:
-        return OSError(errno.ENOSPC, f"the disk holding {index_dir} is full: nothing was committed and the index "
-                                     "is as it was; free some space and run the command again")
-    return exc
 
 
 class SegmentStream:
@@ -189,7 +170,7 @@ def train_and_stream(paths: list[Path], encoder: Encoder, stream_out: SegmentStr
         stream_out.finish()
     if p.codes:
         t0 = time.perf_counter()
-        train_codes(encoder, stream_out.staged)
+        encoder.coder = train_codes(encoder, stream_out.staged)
         timings["index"] += time.perf_counter() - t0
     timings["extract"] = time.perf_counter() - start - sum(timings.values()) - sum(stream_out.seconds.values())
     timings["encode"] = stream_out.seconds["encode"]
@@ -218,28 +199,6 @@ def _train(encoder: Encoder, sample: np.ndarray, waiting: PendingDescriptors, st
     for item, vector in zip(items, raw):
         stream_out.queue(item, vector)
     return backend.to_bytes()
-
-
-def train_codes(encoder: Encoder, staged: list[segments.StagedSegment]) -> None:
-    """Train the compact codes on a seeded sample of the staged vectors, then code every segment."""
-    from vladsearch.quantizer import CoarseCodes
-
-    p = encoder.params
-    maps = [segments.open_vectors(s.directory, s.name, encoder.dim, s.vectors, p.vector_dtype, directory=s.directory)
-            for s in staged]
-    starts = np.cumsum([0] + [len(m) for m in maps])
-
-    def read_rows(rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), encoder.dim), np.float32)
-        which = np.searchsorted(starts, rows, side="right") - 1
-        for segment in np.unique(which):
-            pick = which == segment
-            out[pick] = maps[segment][rows[pick] - starts[segment]]
-        return out
-
-    encoder.coder = CoarseCodes(p.codes, seed=p.seed).fit(read_rows, int(starts[-1]))
-    for segment in staged:
-        segments.add_codes(segment, encoder.coder, encoder.dim, p.vector_dtype)
 
 
 def build_meta(encoder: Encoder, index_dir: Path, root: Path) -> dict[str, Any]:
