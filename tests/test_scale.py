@@ -71,3 +71,24 @@ def test_large_preset_keeps_ram_small_and_stays_live(large, photo_dir, tmp_path)
     assert reopened.backend.ntotal == len(PHOTO_NAMES)
     assert reopened.search([photo_dir / "rocket.jpg"], top=1)[0].matches[0].image == "rocket.jpg"
     assert check_index(work)[0] == []
+
+
+def test_compact_feature_cache_verifies_like_the_float16_one(photo_dir, tmp_path):
+    from vladsearch.feature_store import FeatureStore
+
+    full = Index.build(photo_dir, index=tmp_path / "full.vlad", clusters=16, keep_features=1024, progress=False)
+    compact = Index.build(photo_dir, index=tmp_path / "pq.vlad", clusters=16, keep_features=1024,
+                          feature_codes="PQ32x7", progress=False)
+    segment = next((tmp_path / "pq.vlad" / "segments").iterdir())
+    store = FeatureStore(segment, 128, codec=compact.encoder.descriptor_codec)
+    per_keypoint = ((segment / "keypoints.bin").stat().st_size + (segment / "descriptors.bin").stat().st_size) / len(store)
+    assert per_keypoint == 4 + 28  # 32 KiB per image at 1,024 keypoints
+    queries = sorted(p for p in photo_dir.rglob("*.jpg"))[:6]
+    a = full.search(queries, top=3, rerank=3)
+    b = compact.search(queries, top=3, rerank=3)
+    for ra, rb in zip(a, b):  # the same verdicts (skimage's clock verifies with neither)
+        assert ra.matches[0].image == rb.matches[0].image
+        assert ra.matches[0].verified == rb.matches[0].verified
+    assert sum(r.matches[0].verified for r in b) >= 5
+    compact.compact()  # a merge copies the codes
+    assert Index.open(tmp_path / "pq.vlad").search(queries[:1], top=1, rerank=3)[0].matches[0].verified

@@ -51,7 +51,7 @@ def segments_to_merge(live: list[dict]) -> list[str]:
 
 
 def merge(index_dir: Path, dim: int, feature_dim: int | None, names: list[str] | None = None,
-          keep_features: int = 0, dtype: str = "float32", code_size: int = 0) -> MergeReport:
+          keep_features: int = 0, dtype: str = "float32", code_size: int = 0, feature_codec=None) -> MergeReport:
     """Merge the named live segments (None: all of them) into one; returns what moved.
 
     dtype: how the index stores vectors; code_size: bytes of its compact codes (0: none),
@@ -74,11 +74,12 @@ def merge(index_dir: Path, dim: int, feature_dim: int | None, names: list[str] |
             sources = {n: segments.open_vectors(index_dir, n, dim, live[n]["vectors"], dtype) for n in chosen}
             codes = {n: segments.open_codes(index_dir, n, live[n]["vectors"], code_size) for n in chosen} \
                 if code_size else {}
-            stores = {n: segments.open_features(index_dir, n, feature_dim) for n in chosen
+            stores = {n: segments.open_features(index_dir, n, feature_dim, feature_codec) for n in chosen
                       if live[n]["features"] and feature_dim}
         report = MergeReport(len(chosen))
         with segments.Staging(index_dir) as staging:
-            writer = staging.new_segment(dim, feature_dim if stores else None, keep_features or None, dtype)
+            writer = staging.new_segment(dim, feature_dim if stores else None, keep_features or None, dtype,
+                                         feature_codec=feature_codec)
             moves = []
             for name in chosen:
                 live_rows = np.array(rows[name], dtype=object).reshape(-1, 4)
@@ -131,7 +132,7 @@ def _commit_merge(index_dir: Path, db, staged: segments.StagedSegment, chosen: l
 
 
 def auto_merge(index_dir: Path, dim: int, feature_dim: int | None, keep_features: int = 0, dtype: str = "float32",
-               code_size: int = 0) -> int:
+               code_size: int = 0, feature_codec=None) -> int:
     """Merge by the log policy until no level is full; returns the merges done."""
     merges = 0
     while True:
@@ -142,5 +143,5 @@ def auto_merge(index_dir: Path, dim: int, feature_dim: int | None, keep_features
             db.close()
         if not chosen:
             return merges
-        merge(index_dir, dim, feature_dim, chosen, keep_features, dtype, code_size)
+        merge(index_dir, dim, feature_dim, chosen, keep_features, dtype, code_size, feature_codec)
         merges += 1

@@ -43,6 +43,7 @@ class BuildParams:
     codes: str = ""                   # "": every vector in RAM (exact); "PCA256,PQ64": compact codes (quantizer.py)
     refine: int = 0                   # with codes: candidates re-scored exactly from the vectors on disk
     vector_dtype: str = "float32"     # how segments store vectors ("float16" halves the disk)
+    feature_codes: str = ""           # "": cached descriptors in float16; "PQ32x7": 28-byte codes (quantizer.py)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BuildParams:
@@ -51,8 +52,8 @@ class BuildParams:
 
 # Named settings (`build --preset`); docs/SCALE.md says when to switch.
 PRESETS: dict[str, dict[str, Any]] = {
-    "exact": {"codes": "", "refine": 0, "vector_dtype": "float32"},
-    "large": {"codes": "PCA256,PQ64", "refine": 256, "vector_dtype": "float16"},
+    "exact": {"codes": "", "refine": 0, "vector_dtype": "float32", "feature_codes": ""},
+    "large": {"codes": "PCA256,PQ64", "refine": 256, "vector_dtype": "float16", "feature_codes": "PQ32x7"},
 }
 
 
@@ -73,6 +74,7 @@ class Encoder:
         self.codebook: Codebook | None = None
         self.pca: PCAWhitening | None = None
         self.coder = None  # quantizer.CoarseCodes, trained at the end of a build with compact codes
+        self.descriptor_codec = None  # quantizer.DescriptorCodes, for a compact feature cache
         self._extractor: Extractor | None = None
 
     def extractor(self) -> Extractor:
@@ -146,9 +148,11 @@ class Encoder:
             np.savez(buffer, **self.pca.state())
             pca = buffer.getvalue()
         return {"codebook.npy": codebook.getvalue(), "pca.npz": pca,
-                "coarse.npz": self.coder.to_bytes() if self.coder is not None else None}
+                "coarse.npz": self.coder.to_bytes() if self.coder is not None else None,
+                "descriptor_pq.faiss": self.descriptor_codec.to_bytes() if self.descriptor_codec is not None else None}
 
-    def load_blobs(self, codebook: bytes, pca: bytes | None, coarse: bytes | None = None) -> None:
+    def load_blobs(self, codebook: bytes, pca: bytes | None, coarse: bytes | None = None,
+                   descriptor_pq: bytes | None = None) -> None:
         self.codebook = Codebook.from_centroids(np.load(io.BytesIO(codebook), allow_pickle=False))
         if pca is not None:
             with np.load(io.BytesIO(pca), allow_pickle=False) as arrays:
@@ -157,3 +161,7 @@ class Encoder:
             from vladsearch.quantizer import CoarseCodes
 
             self.coder = CoarseCodes.from_bytes(coarse)
+        if descriptor_pq is not None:
+            from vladsearch.quantizer import DescriptorCodes
+
+            self.descriptor_codec = DescriptorCodes.from_bytes(descriptor_pq)

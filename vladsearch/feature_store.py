@@ -37,6 +37,10 @@ from vladsearch.features.base import Features
 FORMAT_NAME = "vladsearch-feature-store"
 FORMAT_VERSION = 1
 KEYPOINT_DTYPE = np.dtype("<f4")
+# The compact cache (with a descriptor codec) keeps keypoints in half pixels as uint16:
+# 0.5 px steps up to 32,767 px, far finer than the 4 px verification threshold.
+COMPACT_KEYPOINT_DTYPE = np.dtype("<u2")
+COMPACT_KEYPOINT_STEP = 0.5
 DESCRIPTOR_DTYPE = np.dtype("<f2")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -55,7 +59,7 @@ class FeatureStore:
     """
 
     def __init__(self, directory: str | os.PathLike, dim: int, mode: str = "r",
-                 committed_rows: int | None = None) -> None:
+                 committed_rows: int | None = None, codec=None) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         if dim <= 0:
@@ -63,6 +67,8 @@ class FeatureStore:
         self.directory = Path(directory)
         self.dim = int(dim)
         self.mode = mode
+        # quantizer.DescriptorCodes: descriptors stored as its uint8 codes (compact cache)
+        self.codec = codec
         self._kp_path = self.directory / "keypoints.bin"
         self._desc_path = self.directory / "descriptors.bin"
         self._kp_file = self._desc_file = None
@@ -98,7 +104,9 @@ class FeatureStore:
     # --- metadata ------------------------------------------------------------------
     def _metadata(self) -> dict:
         return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dim": self.dim,
-                "keypoint_dtype": KEYPOINT_DTYPE.str, "descriptor_dtype": DESCRIPTOR_DTYPE.str}
+                "keypoint_dtype": self._kp_dtype.str,
+                **({"descriptor_dtype": DESCRIPTOR_DTYPE.str} if self.codec is None else
+                   {"descriptor_dtype": "|u1", "descriptor_codes": self.codec.name})}
 
     def _write_metadata(self) -> None:
         tmp = self.directory / "store.json.tmp"
@@ -115,17 +123,23 @@ class FeatureStore:
             raise ValueError(f"{self.directory} holds {found.get('format')} version {found.get('version')}; "
                              f"this vladsearch reads {FORMAT_NAME} version {FORMAT_VERSION}")
         if found != expected:
-            raise ValueError(f"feature store {self.directory} has dim {found.get('dim')}, "
-                             f"but {self.dim} was asked for: it was built with other features")
+            raise ValueError(f"feature store {self.directory} has dim {found.get('dim')} and descriptors "
+                             f"{found.get('descriptor_codes', found.get('descriptor_dtype'))}, but dim {self.dim} and "
+                             f"{expected.get('descriptor_codes', expected.get('descriptor_dtype'))} were asked for: it "
+                             "was built with other features or another --feature-codes")
 
     # --- sizes -----------------------------------------------------------------------
     @property
+    def _kp_dtype(self) -> np.dtype:
+        return KEYPOINT_DTYPE if self.codec is None else COMPACT_KEYPOINT_DTYPE
+
+    @property
     def _kp_row_bytes(self) -> int:
-        return 2 * KEYPOINT_DTYPE.itemsize
+        return 2 * self._kp_dtype.itemsize
 
     @property
     def _desc_row_bytes(self) -> int:
-        return self.dim * DESCRIPTOR_DTYPE.itemsize
+        return self.dim * DESCRIPTOR_DTYPE.itemsize if self.codec is None else self.codec.code_size
 
     def _complete_rows(self) -> int:
         kp = self._kp_path.stat().st_size // self._kp_row_bytes if self._kp_path.exists() else 0
@@ -162,6 +176,13 @@ class FeatureStore:
         keypoints, descriptors = keypoints[keep], descriptors[keep]
         if not np.isfinite(keypoints).all() or not np.isfinite(descriptors).all():
             raise ValueError("features hold NaN or infinite values")
+        if self.codec is not None:
+            offset = self._rows
+            halves = np.clip(np.round(keypoints / COMPACT_KEYPOINT_STEP), 0, np.iinfo(np.uint16).max)
+            self._kp_file.write(np.ascontiguousarray(halves.astype(COMPACT_KEYPOINT_DTYPE)).tobytes())
+            self._desc_file.write(np.ascontiguousarray(self.codec.encode(descriptors), np.uint8).tobytes())
+            self._rows += len(keypoints)
+            return offset, len(keypoints)
         if len(descriptors) and np.abs(descriptors).max() > FLOAT16_MAX:
             raise ValueError(f"descriptor values beyond float16 range (±{FLOAT16_MAX:.0f}); normalise them first")
         offset = self._rows
@@ -209,11 +230,12 @@ class FeatureStore:
             if self._kp_file is not None:
                 for handle in (self._kp_file, self._desc_file):
                     handle.flush()  # the map reads the file, not our write buffer
+            dtype, width = (DESCRIPTOR_DTYPE, self.dim) if self.codec is None else (np.uint8, self.codec.code_size)
             if self._rows == 0:
-                self._maps = (np.zeros((0, 2), KEYPOINT_DTYPE), np.zeros((0, self.dim), DESCRIPTOR_DTYPE))
+                self._maps = (np.zeros((0, 2), self._kp_dtype), np.zeros((0, width), dtype))
             else:
-                self._maps = (np.memmap(self._kp_path, KEYPOINT_DTYPE, "r", shape=(self._rows, 2)),
-                              np.memmap(self._desc_path, DESCRIPTOR_DTYPE, "r", shape=(self._rows, self.dim)))
+                self._maps = (np.memmap(self._kp_path, self._kp_dtype, "r", shape=(self._rows, 2)),
+                              np.memmap(self._desc_path, dtype, "r", shape=(self._rows, width)))
             self._mapped_rows = self._rows
         return self._maps
 
@@ -223,8 +245,11 @@ class FeatureStore:
             raise ValueError(f"rows [{offset}, {offset + count}) are outside the feature store "
                              f"({self._rows} rows): the index and its feature cache disagree")
         keypoints, descriptors = self._mapped()
-        return (np.array(keypoints[offset:offset + count], np.float32),
-                np.array(descriptors[offset:offset + count], np.float32))
+        rows = np.array(descriptors[offset:offset + count])
+        points = np.array(keypoints[offset:offset + count], np.float32)
+        if self.codec is None:
+            return points, np.asarray(rows, np.float32)
+        return points * np.float32(COMPACT_KEYPOINT_STEP), self.codec.decode(rows)
 
     # --- lifetime --------------------------------------------------------------------
     def close(self) -> None:

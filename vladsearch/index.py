@@ -99,13 +99,14 @@ class Index:
             meta = catalog.read_meta(db)
             codebook, pca = catalog.read_blob(db, "codebook.npy"), catalog.read_blob(db, "pca.npz")
             coarse = catalog.read_blob(db, "coarse.npz")
+            descriptor_pq = catalog.read_blob(db, "descriptor_pq.faiss")
             _, meta["updated_at"] = catalog.last_commit(db)
         finally:
             db.close()
         if codebook is None:
             raise catalog.IndexDamagedError(f"the catalog of {path} has no codebook; run `vladsearch check {path}`")
         encoder = Encoder(BuildParams.from_dict(meta["params"]), meta["features"], weights or meta.get("weights_path"))
-        encoder.load_blobs(codebook, pca, coarse)
+        encoder.load_blobs(codebook, pca, coarse, descriptor_pq)
         return cls(path, encoder, meta, Path(root) if root else None)
 
     def _find_root(self) -> Path:
@@ -127,7 +128,7 @@ class Index:
         if self._snapshot is None:
             p = self.params
             snapshot = Snapshot(self.path, self.encoder.dim, self.encoder.feature_dim if p.keep_features else None,
-                                p.factory, p.vector_dtype, p.refine)
+                                p.factory, p.vector_dtype, p.refine, self.encoder.descriptor_codec)
             snapshot.refresh()
             self._snapshot = snapshot
         return self._snapshot
@@ -183,7 +184,7 @@ class Index:
                                        self.root)
         if merge and self.report.segments:
             compaction.auto_merge(self.path, self.encoder.dim, self._feature_dim(), self.params.keep_features,
-                                  self.params.vector_dtype, self._code_size())
+                                  self.params.vector_dtype, self._code_size(), self.encoder.descriptor_codec)
         self.refresh()
         return self.report
 
@@ -209,7 +210,7 @@ class Index:
         writer.check_writable(self.path)
         self._writable()
         report = compaction.merge(self.path, self.encoder.dim, self._feature_dim(), None, self.params.keep_features,
-                                  self.params.vector_dtype, self._code_size())
+                                  self.params.vector_dtype, self._code_size(), self.encoder.descriptor_codec)
         self.refresh()
         return report
 

@@ -63,7 +63,7 @@ class SegmentWriter:
     """Appends vectors (and local features) of one segment under a staging directory."""
 
     def __init__(self, directory: Path, dim: int, feature_dim: int | None = None,
-                 max_keypoints: int | None = None, dtype: str = "float32", coder=None) -> None:
+                 max_keypoints: int | None = None, dtype: str = "float32", coder=None, feature_codec=None) -> None:
         self.name = directory.name
         self.directory = directory
         self.dim = dim
@@ -77,7 +77,7 @@ class SegmentWriter:
         self._code_size = coder.code_size if coder is not None else 0
         self._hash = hashlib.sha256()
         self.rows = 0
-        self.features = FeatureStore(directory, feature_dim, mode="a") if feature_dim else None
+        self.features = FeatureStore(directory, feature_dim, mode="a", codec=feature_codec) if feature_dim else None
 
     def append(self, vectors: np.ndarray, codes: np.ndarray | None = None) -> int:
         """Add n×dim vectors (and their compact codes, computed here unless given); returns the row of the first."""
@@ -141,9 +141,9 @@ class Staging:
         self.directory.mkdir()
 
     def new_segment(self, dim: int, feature_dim: int | None = None, max_keypoints: int | None = None,
-                    dtype: str = "float32", coder=None) -> SegmentWriter:
+                    dtype: str = "float32", coder=None, feature_codec=None) -> SegmentWriter:
         return SegmentWriter(self.directory / f"seg-{uuid.uuid4().hex[:16]}", dim, feature_dim, max_keypoints,
-                             dtype, coder)
+                             dtype, coder, feature_codec)
 
     def close(self) -> None:
         """Remove what was not committed, then the lock."""
@@ -280,10 +280,10 @@ def open_vectors(index_dir: Path, name: str, dim: int, count: int, dtype: str = 
     return np.memmap(path, numpy_dtype, "r", shape=(count, dim))
 
 
-def open_features(index_dir: Path, name: str, dim: int) -> FeatureStore:
+def open_features(index_dir: Path, name: str, dim: int, codec=None) -> FeatureStore:
     directory = segment_dir(index_dir, name)
     try:
-        store = FeatureStore(directory, dim, mode="r")
+        store = FeatureStore(directory, dim, mode="r", codec=codec)
         store.get(0, 0)  # map the files now: a mapping outlives a later unlink by a merge
         return store
     except (OSError, ValueError) as exc:

@@ -40,13 +40,14 @@ class Snapshot:
     """A consistent, searchable view of one commit: vectors (or codes), locations, feature caches."""
 
     def __init__(self, index_dir: Path, dim: int, feature_dim: int | None = None, factory: str = "Flat",
-                 vector_dtype: str = "float32", refine: int = 0) -> None:
+                 vector_dtype: str = "float32", refine: int = 0, feature_codec=None) -> None:
         self.index_dir = Path(index_dir)
         self.dim = dim
         self.feature_dim = feature_dim
         self.factory = factory
         self.vector_dtype = vector_dtype
         self.refine = refine
+        self.feature_codec = feature_codec
         self.db: sqlite3.Connection | None = None
         self.backend: FaissBackend | None = None
         self.coder: CoarseCodes | None = None
@@ -84,7 +85,8 @@ class Snapshot:
                                      segments.open_codes(self.index_dir, s["name"], s["vectors"], code_size)
                                      if code_size else None) for s in live}
                 stores = {s["name"]: self.features.get(s["name"]) or segments.open_features(
-                    self.index_dir, s["name"], self.feature_dim) for s in live if s["features"] and self.feature_dim}
+                    self.index_dir, s["name"], self.feature_dim, self.feature_codec)
+                    for s in live if s["features"] and self.feature_dim}
             finally:
                 self.db.execute("COMMIT")
         self._apply(live, located, files)

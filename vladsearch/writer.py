@@ -71,7 +71,7 @@ class SegmentStream:
             p = self.encoder.params
             self._segment = self.staging.new_segment(self.encoder.dim, self.encoder.feature_dim if p.keep_features
                                                      else None, p.keep_features or None, p.vector_dtype,
-                                                     self.encoder.coder)
+                                                     self.encoder.coder, self.encoder.descriptor_codec)
         return self._segment
 
     def arrive(self, item: ExtractedImage) -> None:
@@ -80,8 +80,10 @@ class SegmentStream:
             self.report.skipped.append((self.name_of(item.path), item.error or "unknown error"))
             self.rows.append({"path": self.name_of(item.path), "status": catalog.STATUS_SKIPPED,
                               "reason": item.error or "unknown error"})
-        elif self.encoder.params.keep_features:
+        elif self.encoder.params.keep_features and (self.encoder.descriptor_codec is not None
+                                                    or not self.encoder.params.feature_codes):
             item.feature_rows = self.segment().append_features(item.features)
+        # else: a compact cache before its codes are trained: cached once they are (writer._train)
 
     def queue(self, item: ExtractedImage, raw: np.ndarray | None = None) -> None:
         """Reduce an image to its raw VLAD at once (its descriptors are freed); write in batches."""
@@ -188,10 +190,17 @@ def _train(encoder: Encoder, sample: np.ndarray, waiting: PendingDescriptors, st
         raise ValueError("the training images have no keypoints at all; check the images or --features")
     encoder.codebook.fit(sample)
     worker_encoding.set(RawVLAD(encoder.codebook))
+    p = encoder.params
+    if p.keep_features and p.feature_codes:
+        from vladsearch.quantizer import DescriptorCodes
+
+        encoder.descriptor_codec = DescriptorCodes.parse(p.feature_codes, encoder.feature_dim, p.seed).fit(sample)
     items = [entry[0] for entry in waiting.entries]
     raw = np.zeros((len(items), encoder.codebook.centroids_.size), np.float32)
     for row, item in enumerate(waiting):  # one image's descriptors in RAM at a time
         raw[row] = encoder.raw_vlads([item.features.descriptors])[0]
+        if p.keep_features and item.feature_rows is None:
+            item.feature_rows = stream_out.segment().append_features(item.features)
     encoder.fit_pca(raw)
     backend = FaissBackend.create(encoder.dim, encoder.params.factory)
     backend.train(encoder.finish(raw))
