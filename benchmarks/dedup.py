@@ -1,0 +1,361 @@
+"""De-duplication and pairs benchmark: `vladsearch duplicates` and `pairs` against ground truth.
+
+    python benchmarks/dedup.py copies   /tmp/dd/copies   [--variants 99] [--others imagededup,pimmi]
+    python benchmarks/dedup.py distinct /tmp/dd/distinct [--others imagededup,pimmi]
+    python benchmarks/dedup.py timing   /tmp/dd/timing   [--images 3000]
+    python benchmarks/dedup.py pairs    /tmp/dd/pairs    [--top 5]
+
+copies:   16 photographs (12 scikit-image photos, 4 homogr_pairs "A" views) × `--variants`
+          edited copies each: crops (50-80 % of the area), 90/180/270° rotations, rescales
+          (30-60 %, JPEG 15-40), colour changes (hue, brightness, grey), exact copies, and
+          crop+rescale. Truth: a photograph and its copies form one group.
+distinct: every photograph of scikit-image, ../shared oxford_affine_subset (6 frames of 4
+          scenes) and homogr_pairs (2 views of 16 scenes), each with 5 edited copies
+          (rescaled, cropped, rotated 90°, captioned with one of 8 shared captions + colour
+          shift, mirrored and cropped). Truth: each photograph with its own copies; other
+          frames/views of the same scene are other groups ("strict"). Also scored with the
+          Oxford sequences whose frames differ only by blur (bikes), exposure (leuven) or
+          zoom-rotation (boat) merged ("same-viewpoint" truth; see docs/DUPLICATES.md).
+Scores: pairwise precision, recall, F1 of the predicted groups (every pair of images in one
+group) against the truth's pairs. imagededup (PHash, DHash at their defaults; groups =
+connected components of its duplicate lists) runs in /work/imagededup-venv and PIMMI
+(`pimmi fill`, `query`, `clusters` at its defaults) in /work/pimmi-venv, on the same folder.
+timing:   N synthetic images (tests' textured shapes) + 5 % edited copies, indexed with the
+          feature cache; `duplicates` wall time per image, to extrapolate to 100k and 1M.
+pairs:    homogr_pairs: `pairs --top K`; partner rate = images whose other view is among
+          their pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+for extra in (REPO, REPO / "benchmarks", REPO / "tests"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+import make_copy_benchmark as mcb
+
+SHARED = REPO.parent / "shared" / "data"
+CAPTIONS = mcb.CAPTIONS
+COPY_PHOTOS = ["astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "hubble_deep_field",
+               "immunohistochemistry", "moon", "retina", "brick", "gravel"]
+SAME_VIEWPOINT = ("bikes", "leuven", "boat")
+
+
+def skimage_photo(name: str) -> np.ndarray:
+    from conftest import photo
+
+    image = photo(name)
+    return image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+
+
+def _jpeg(path: Path, image: np.ndarray, quality: int = 90) -> str:
+    cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return path.name
+
+
+def recolour(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if rng.random() < 0.3:
+        return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV).astype(np.int16)
+    hsv[..., 0] = (hsv[..., 0] + int(rng.integers(10, 60))) % 180
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0, 255)
+    hsv[..., 2] = np.clip(hsv[..., 2] * rng.uniform(0.7, 1.3), 0, 255)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)
+
+
+def rotate90(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return cv2.rotate(image, [cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE][rng.integers(3)])
+
+
+def write_variant(folder: Path, stem: str, image: np.ndarray, family: str, rng: np.random.Generator) -> str:
+    if family == "rescale":
+        edited, params = mcb.rescale(image, rng)
+        return _jpeg(folder / f"{stem}.jpg", edited, params["quality"])
+    if family == "croprescale":
+        edited, params = mcb.rescale(mcb.crop(image, rng)[0], rng)
+        return _jpeg(folder / f"{stem}.jpg", edited, params["quality"] + 30)
+    edit = {"crop": lambda im: mcb.crop(im, rng)[0], "rotate90": lambda im: rotate90(im, rng),
+            "colour": lambda im: recolour(im, rng), "caption": lambda im: mcb.overlay(im, rng)[0],
+            "mirror": lambda im: mcb.flipcrop(im, rng)[0]}[family]
+    return _jpeg(folder / f"{stem}.jpg", edit(image))
+
+
+def make_copies(out: Path, variants: int, seed: int = 0) -> dict[str, str]:
+    """The copies collection; returns {file name: truth group}."""
+    rng = np.random.default_rng(seed)
+    folder = out / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = {n: skimage_photo(n) for n in COPY_PHOTOS}
+    for path in sorted((SHARED / "homogr_pairs" / "images").glob("*A.*"))[:4]:
+        sources[path.stem] = cv2.imread(str(path))
+    families = ["crop", "rotate90", "rescale", "colour", "exact", "croprescale"]
+    truth = {}
+    for name, image in sources.items():
+        original = _jpeg(folder / f"{name}.jpg", image, 95)
+        truth[original] = name
+        for v in range(variants):
+            family = families[v % len(families)]
+            stem = f"{name}__{family}_{v:03d}"
+            if family == "exact":
+                target = folder / f"{stem}.jpg"
+                target.write_bytes((folder / original).read_bytes())
+                truth[target.name] = name
+            else:
+                truth[write_variant(folder, stem, image, family, rng)] = name
+    return truth
+
+
+def make_distinct(out: Path, seed: int = 0) -> dict[str, str]:
+    """The distinct-photographs collection; returns {file name: truth group (the photograph)}."""
+    from conftest import PHOTO_NAMES
+
+    rng = np.random.default_rng(seed)
+    folder = out / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = {n: skimage_photo(n) for n in PHOTO_NAMES}
+    for dataset in ("oxford_affine_subset", "homogr_pairs"):
+        for path in sorted((SHARED / dataset / "images").iterdir()):
+            sources[path.stem] = cv2.imread(str(path))
+    same = same_photograph(sources)
+    truth = {}
+    for name, image in sources.items():
+        truth[_jpeg(folder / f"{name}.jpg", image, 95)] = same.get(name, name)
+        for family in ("rescale", "crop", "rotate90", "caption", "mirror"):
+            truth[write_variant(folder, f"{name}__{family}", image, family, rng)] = same.get(name, name)
+    return truth
+
+
+def same_photograph(sources: dict[str, np.ndarray]) -> dict[str, str]:
+    """Sources that are one photograph stored twice (homogr_pairs reuses Oxford's graf and boat
+    frames, and LePoint2A is LePoint3A): name -> the first name, when the pixels differ by < 2 grey levels."""
+    grey = {n: cv2.cvtColor(im, cv2.COLOR_BGR2GRAY).astype(np.int16) for n, im in sources.items()}
+    names, alias = list(grey), {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if b not in alias and grey[a].shape == grey[b].shape and np.abs(grey[a] - grey[b]).mean() < 2:
+                alias[b] = alias.get(a, a)
+    return alias
+
+
+# --- scoring --------------------------------------------------------------------------------
+def group_pairs(groups: list[list[str]]) -> set[tuple[str, str]]:
+    return {tuple(sorted(p)) for g in groups for p in itertools.combinations(g, 2)}
+
+
+def pairwise_scores(predicted: list[list[str]], truth: dict[str, str]) -> dict[str, float]:
+    by_group = defaultdict(list)
+    for name, group in truth.items():
+        by_group[group].append(name)
+    true, found = group_pairs(list(by_group.values())), group_pairs(predicted)
+    hit = len(true & found)
+    precision = hit / len(found) if found else 1.0
+    recall = hit / len(true) if true else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
+            "predicted_pairs": len(found), "true_pairs": len(true)}
+
+
+def same_viewpoint_truth(truth: dict[str, str]) -> dict[str, str]:
+    return {name: group.split("_img")[0] if group.split("_img")[0] in SAME_VIEWPOINT else group
+            for name, group in truth.items()}
+
+
+# --- the systems ---------------------------------------------------------------------------------
+def run_vladsearch(folder: Path, work: Path, grouping: str = "keep", workers: int = 2,
+                   extra: tuple[str, ...] = ()) -> tuple[list[list[str]], dict]:
+    index = work / "index.vlad"
+    if not index.exists():
+        _cli("build", str(folder), "--index", str(index), "--keep-features", "--quiet", "--workers", str(workers))
+    start = time.perf_counter()
+    out = _cli("duplicates", str(index), "--json", "--quiet", "--grouping", grouping, "--workers", str(workers), *extra)
+    seconds = time.perf_counter() - start
+    data = json.loads(out)
+    return [g["images"] for g in data["groups"]], {"seconds": round(seconds, 1), **{k: data[k] for k in
+                                                                                  ("candidate_pairs", "verified_pairs")}}
+
+
+def _cli(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "vladsearch.cli", *args], check=False, capture_output=True, text=True, cwd=REPO)
+    if done.returncode:
+        raise RuntimeError(f"vladsearch {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+# imagededup imports torchvision for its CNN method only; the hashes need none of it, so a stub
+# module stands in (no torchvision build matches the CPU torch wheel here).
+IMAGEDEDUP_DRIVER = r'''
+import importlib.machinery, json, sys, types
+class Stub(types.ModuleType):
+    __path__ = []
+    def __getattr__(self, key):
+        if key.startswith("__"):
+            raise AttributeError(key)
+        return Stub(key)
+    def __call__(self, *args, **kwargs):
+        return Stub("call")
+class StubFinder:
+    def find_spec(self, name, path=None, target=None):
+        return importlib.machinery.ModuleSpec(name, self) if name.split(".")[0] == "torchvision" else None
+    def create_module(self, spec):
+        return Stub(spec.name)
+    def exec_module(self, module):
+        pass
+sys.meta_path.insert(0, StubFinder())
+from imagededup.methods import PHash, DHash
+out = {}
+for cls in (PHash, DHash):
+    out[cls.__name__] = cls(verbose=False).find_duplicates(image_dir=sys.argv[1])
+print(json.dumps(out))
+'''
+
+
+def run_imagededup(folder: Path) -> dict[str, list[list[str]]]:
+    python = Path("/work/imagededup-venv/bin/python")
+    if not python.exists():
+        raise RuntimeError("imagededup not installed (python3 -m venv /work/imagededup-venv && "
+                           "/work/imagededup-venv/bin/pip install imagededup)")
+    done = subprocess.run([str(python), "-c", IMAGEDEDUP_DRIVER, str(folder)], check=False, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {method: components(dupes) for method, dupes in result.items()}
+
+
+def components(neighbours: dict[str, list]) -> list[list[str]]:
+    parent = {n: n for n in neighbours}
+
+    def root(n):
+        while parent.setdefault(n, n) != n:
+            n = parent[n]
+        return n
+
+    for a, others in neighbours.items():
+        for b in others:
+            parent[root(a)] = root(b if isinstance(b, str) else b[0])
+    groups = defaultdict(list)
+    for n in list(parent):
+        groups[root(n)].append(n)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def run_pimmi(folder: Path, work: Path, threads: int = 2) -> list[list[str]]:
+    pimmi = Path("/work/pimmi-venv/bin/pimmi")
+    if not pimmi.exists():
+        raise RuntimeError("PIMMI not installed (python3 -m venv /work/pimmi-venv && "
+                           "/work/pimmi-venv/bin/pip install pimmi requests)")
+    index = work / "pimmi-index"
+    clusters = work / "pimmi-clusters.csv"
+    for args in (["fill", str(folder), str(index), "--erase", "--force"],
+                 ["query", str(folder), str(index)], ["clusters", str(index), "-o", str(clusters)]):
+        done = subprocess.run([str(pimmi), "--nb-threads", str(threads), *args], check=False, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"pimmi {args[0]} failed: {done.stderr[-1500:]}")
+    import csv
+
+    groups = defaultdict(list)
+    with open(clusters) as handle:
+        for row in csv.DictReader(handle):
+            groups[row["cluster_id"]].append(Path(row["path"]).name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def score_collection(kind: str, out: Path, variants: int, others: list[str]) -> dict:
+    truth_file = out / "truth.json"
+    if truth_file.exists():
+        truth = json.loads(truth_file.read_text())
+    else:
+        truth = make_copies(out, variants) if kind == "copies" else make_distinct(out)
+        truth_file.write_text(json.dumps(truth))
+    truths = {"strict": truth}
+    if kind == "distinct":
+        truths["same-viewpoint"] = same_viewpoint_truth(truth)
+    rows = {}
+    for grouping in ("keep", "components")[:1 if "fast" in others else 2]:
+        groups, info = run_vladsearch(out / "images", out, grouping)
+        rows[f"vladsearch ({grouping})"] = {t: pairwise_scores(groups, tr) for t, tr in truths.items()} | info
+    if "imagededup" in others:
+        for method, groups in run_imagededup(out / "images").items():
+            rows[f"imagededup {method}"] = {t: pairwise_scores(groups, tr) for t, tr in truths.items()}
+    if "pimmi" in others:
+        try:
+            groups = run_pimmi(out / "images", out)
+            rows["PIMMI clusters"] = {t: pairwise_scores(groups, tr) for t, tr in truths.items()}
+        except RuntimeError as exc:
+            rows["PIMMI clusters"] = {"error": str(exc)[-300:]}
+    return {"collection": kind, "images": len(truth), "rows": rows}
+
+
+def timing(out: Path, images: int) -> dict:
+    from live_helpers import make_images
+
+    folder = out / "images"
+    if not folder.exists():
+        paths = make_images(folder, images, seed=7)
+        rng = np.random.default_rng(0)
+        for i, path in enumerate(rng.choice(paths, size=images // 20, replace=False)):
+            write_variant(folder, f"copy_{i:04d}", cv2.imread(str(path)), ["crop", "rotate90", "rescale"][i % 3], rng)
+    start = time.perf_counter()
+    if not (out / "index.vlad").exists():
+        _cli("build", str(folder), "--index", str(out / "index.vlad"), "--keep-features", "--quiet")
+    build = time.perf_counter() - start
+    groups, info = run_vladsearch(folder, out)
+    count = len(list(folder.iterdir()))
+    return {"images": count, "build_seconds": round(build, 1), **info, "groups": len(groups),
+            "ms_per_image": round(1000 * info["seconds"] / count, 2),
+            "extrapolated_100k_minutes": round(info["seconds"] / count * 1e5 / 60, 1)}
+
+
+def pairs_partner_rate(out: Path, top: int) -> dict:
+    dataset = SHARED / "homogr_pairs"
+    index = out / "homogr.vlad"
+    out.mkdir(parents=True, exist_ok=True)
+    if not index.exists():
+        _cli("build", str(dataset / "images"), "--index", str(index), "--quiet")
+    pairs_file = out / "pairs.txt"
+    _cli("pairs", str(index), "--top", str(top), "--output", str(pairs_file))
+    lines = [line.split() for line in pairs_file.read_text().splitlines()]
+    linked = defaultdict(set)
+    for a, b in lines:
+        linked[a].add(b)
+        linked[b].add(a)
+    gt = json.loads((dataset / "gt.json").read_text())["queries"]
+    found = sum(bool(set(v["positives"]) & linked[q]) for q, v in gt.items())
+    return {"images": len(gt), "pairs": len(lines), "partner_rate": round(found / len(gt), 4),
+            "self_pairs": sum(a == b for a, b in lines),
+            "repeated": len(lines) - len({tuple(sorted(p)) for p in lines})}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("copies", "distinct", "timing", "pairs"))
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--variants", type=int, default=99)
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--others", default="imagededup,pimmi")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.what in ("copies", "distinct"):
+        result = score_collection(args.what, args.out, args.variants, [o for o in args.others.split(",") if o])
+    elif args.what == "timing":
+        result = timing(args.out, args.images)
+    else:
+        result = pairs_partner_rate(args.out, args.top)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

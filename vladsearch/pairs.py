@@ -1,0 +1,151 @@
+"""Image pairs for 3D reconstruction: what hloc's `pairs_from_retrieval` and COLMAP's matchers read.
+
+    vladsearch pairs INDEX --top K --output pairs.txt [--sequential N] [--verified]
+
+Each indexed image is paired with its K nearest other images (a batched kNN search of every
+vector against the index). `--sequential N` adds each image's N next images in name order
+(video frames, COLMAP's sequential matcher); the retrieval pairs stay as loop closures (hloc
+PR #441). The file has one `name0 name1` line per pair, names as indexed (relative to the
+photos' folder: hloc's and COLMAP's image names when that folder is their image root), no
+image paired with itself, and each unordered pair once. `--verified` keeps only pairs that
+verify geometrically (fundamental matrix by default: the right model for a 3D scene).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vladsearch import catalog
+from vladsearch.rerank import DEFAULT_MIN_INLIERS_BY_MODEL, MIN_SAMPLE
+
+if TYPE_CHECKING:
+    from vladsearch.index import Index
+
+QUERY_BLOCK = 1024
+
+
+def sequential_pairs(count: int, window: int) -> list[tuple[int, int]]:
+    """(i, j) positions with 0 < j - i ≤ window, for `count` images in name order."""
+    return [(i, j) for i in range(count) for j in range(i + 1, min(count, i + window + 1))]
+
+
+def unique_pairs(pairs) -> list[tuple[int, int]]:
+    """Drop self pairs and repeats of an unordered pair; the first orientation seen is kept."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for a, b in pairs:
+        key = (min(a, b), max(a, b))
+        if a != b and key not in seen:
+            seen.add(key)
+            out.append((a, b))
+    return out
+
+
+def retrieval_pairs(index: Index, ids: np.ndarray, top: int, nprobe: int | None = None,
+                    block: int = QUERY_BLOCK) -> list[tuple[int, int]]:
+    """(query id, neighbour id): each image's `top` nearest other images, best first."""
+    from vladsearch.duplicates import vectors_by_id
+
+    rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table) if r["segment"] is not None}
+    k = min(len(ids), top + 1)
+    out = []
+    for start in range(0, len(ids), block):
+        chunk = ids[start:start + block]
+        _, I = index.search_vectors(vectors_by_id(index, rows, chunk), k, nprobe)
+        for a, found in zip(chunk, I):
+            others = [int(b) for b in found if b >= 0 and b != a][:top]
+            out += [(int(a), b) for b in others]
+    return out
+
+
+def image_pairs(index: Index, top: int, sequential: int = 0, verified: bool = False, model: str = "fundamental",
+                min_inliers: int | None = None, workers: int | None = None,
+                nprobe: int | None = None) -> list[tuple[str, str]]:
+    """The pairs as (name0, name1), names as indexed; see the module docstring."""
+    if top < 0 or sequential < 0:
+        raise ValueError("--top and --sequential take a number of images ≥ 0")
+    if top == 0 and sequential == 0:
+        raise ValueError("nothing to pair: give --top K and/or --sequential N")
+    if model not in MIN_SAMPLE:
+        raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(MIN_SAMPLE)}")
+    ids = index.snapshot.loaded_ids
+    names = index.snapshot.paths_of([int(i) for i in ids])
+    by_name = sorted(names, key=names.__getitem__)
+    candidates = []
+    if sequential:
+        candidates += [(by_name[i], by_name[j]) for i, j in sequential_pairs(len(by_name), sequential)]
+    if top:
+        candidates += retrieval_pairs(index, ids, top, nprobe)
+    pairs = unique_pairs(candidates)
+    if verified:
+        pairs = _verified(index, pairs, model, min_inliers, workers)
+    position = {image_id: p for p, image_id in enumerate(by_name)}
+    pairs.sort(key=lambda p: (position[p[0]], position[p[1]]) if position[p[0]] < position[p[1]]
+               else (position[p[1]], position[p[0]]))
+    return [(names[a], names[b]) for a, b in pairs]
+
+
+def _verified(index: Index, pairs: list[tuple[int, int]], model: str, min_inliers: int | None,
+              workers: int | None) -> list[tuple[int, int]]:
+    from vladsearch.duplicates import FeatureSource
+    from vladsearch.pair_verification import verify_pairs
+
+    if min_inliers is None:
+        min_inliers = DEFAULT_MIN_INLIERS_BY_MODEL[model]
+    rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table) if r["segment"] is not None}
+    source = FeatureSource(index, rows, workers)
+    kept = []
+    for start in range(0, len(pairs), 4 * QUERY_BLOCK):  # bounded memory without a feature cache
+        chunk = pairs[start:start + 4 * QUERY_BLOCK]
+        source.load({i for pair in chunk for i in pair})
+        verdicts = verify_pairs(chunk, source, workers, min_inliers=min_inliers, model=model)
+        kept += [pair for pair, v in zip(chunk, verdicts) if v.inliers >= min_inliers]
+    return kept
+
+
+def write_pairs(pairs: list[tuple[str, str]], output: Path) -> None:
+    """One `name0 name1` line per pair. Names with spaces cannot be written in this format."""
+    spaced = [name for pair in pairs for name in pair if any(c.isspace() for c in name)]
+    if spaced:
+        raise ValueError(f"{len(spaced)} image names contain white space, which the pairs format cannot hold "
+                         f"(e.g. {spaced[0]!r}); rename those files or folders")
+    Path(output).write_text("".join(f"{a} {b}\n" for a, b in pairs), encoding="utf-8")
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the `pairs` subcommand on an argparse subparsers object; returns its parser."""
+    parser = subparsers.add_parser(
+        "pairs", help="write image pairs to match for 3D reconstruction (hloc / COLMAP pairs file)",
+        description="Write one 'name0 name1' line per image pair: each image with its K nearest other images, "
+                    "optionally its N neighbours in name order; names as indexed; each pair once.")
+    parser.add_argument("index", metavar="INDEX")
+    parser.add_argument("--top", "-k", type=int, default=20, metavar="K",
+                        help="nearest other images per image (default 20; 0 with --sequential: none)")
+    parser.add_argument("--output", "-o", required=True, metavar="PAIRS.txt")
+    parser.add_argument("--sequential", type=int, default=0, metavar="N",
+                        help="also pair each image with its N next images in name order (video frames)")
+    parser.add_argument("--verified", action="store_true", help="keep only pairs that verify geometrically")
+    parser.add_argument("--model", choices=list(MIN_SAMPLE), default="fundamental",
+                        help="with --verified: the geometric model (default fundamental)")
+    parser.add_argument("--min-inliers", type=int, default=None, metavar="N",
+                        help="with --verified: inliers needed (default 30 for fundamental, 15 for homography)")
+    parser.add_argument("--nprobe", type=int, default=None, help="IVF indexes: lists to visit per query")
+    parser.add_argument("--root", metavar="PHOTOS_DIR", help="where the indexed photos are now")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.set_defaults(func=run_cli)
+    return parser
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from vladsearch.index import Index
+
+    index = Index.open(args.index, root=args.root)
+    pairs = image_pairs(index, args.top, args.sequential, args.verified, args.model, args.min_inliers,
+                        args.workers, args.nprobe)
+    write_pairs(pairs, Path(args.output))
+    print(f"wrote {len(pairs)} pairs of {len(index.snapshot.loaded_ids)} images to {args.output}")
+    return 0
