@@ -244,3 +244,10 @@ def test_vectors_encoded_in_workers_equal_those_encoded_here(tmp_path):
     assert pooled.image_paths() == serial.image_paths()
     ids_p, ids_s = list(pooled.snapshot.loaded_ids), list(serial.snapshot.loaded_ids)
     np.testing.assert_allclose(pooled.vectors_of(ids_p), serial.vectors_of(ids_s), atol=1e-5)
+
+
+def test_pca_with_a_feature_cache(photo_dir, tmp_path):
+    index = Index.build(photo_dir, index=tmp_path / "p.vlad", clusters=16, pca=8, keep_features=256, progress=False)
+    assert index.backend.dim == 8
+    match = index.search([photo_dir / "rocket.jpg"], top=1, rerank=2)[0].matches[0]
+    assert match.image == "rocket.jpg" and match.verified

@@ -62,7 +62,7 @@ class StagedSegment:
 class SegmentWriter:
     """Appends vectors (and local features) of one segment under a staging directory."""
 
-    def __init__(self, directory: Path, dim: int, feature_dim: int | None = None,
+    def __init__(self, directory: Path, dim: int | None, feature_dim: int | None = None,
                  max_keypoints: int | None = None, dtype: str = "float32", coder=None, feature_codec=None) -> None:
         self.name = directory.name
         self.directory = directory
@@ -81,7 +81,10 @@ class SegmentWriter:
 
     def append(self, vectors: np.ndarray, codes: np.ndarray | None = None) -> int:
         """Add n×dim vectors (and their compact codes, computed here unless given); returns the row of the first."""
-        vectors = np.asarray(vectors, np.float32).reshape(-1, self.dim)
+        vectors = np.asarray(vectors, np.float32)
+        if self.dim is None:  # decided by the first vectors (e.g. after PCA is fitted)
+            self.dim = vectors.shape[-1]
+        vectors = vectors.reshape(-1, self.dim)
         data = np.ascontiguousarray(vectors, self._numpy_dtype).tobytes()
         self._vectors.write(data)
         self._hash.update(data)
@@ -140,7 +143,7 @@ class Staging:
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.directory.mkdir()
 
-    def new_segment(self, dim: int, feature_dim: int | None = None, max_keypoints: int | None = None,
+    def new_segment(self, dim: int | None, feature_dim: int | None = None, max_keypoints: int | None = None,
                     dtype: str = "float32", coder=None, feature_codec=None) -> SegmentWriter:
         return SegmentWriter(self.directory / f"seg-{uuid.uuid4().hex[:16]}", dim, feature_dim, max_keypoints,
                              dtype, coder, feature_codec)

@@ -69,7 +69,8 @@ class SegmentStream:
     def segment(self) -> segments.SegmentWriter:
         if self._segment is None:
             p = self.encoder.params
-            self._segment = self.staging.new_segment(self.encoder.dim, self.encoder.feature_dim if p.keep_features
+            # dim None: set by the first vectors, since local features may arrive before PCA is fitted
+            self._segment = self.staging.new_segment(None, self.encoder.feature_dim if p.keep_features
                                                      else None, p.keep_features or None, p.vector_dtype,
                                                      self.encoder.coder, self.encoder.descriptor_codec)
         return self._segment
