@@ -3,7 +3,7 @@
     python benchmarks/dedup.py copies   /tmp/dd/copies   [--variants 99] [--others imagededup,pimmi]
     python benchmarks/dedup.py distinct /tmp/dd/distinct [--others imagededup,pimmi]
     python benchmarks/dedup.py timing   /tmp/dd/timing   [--images 3000]
-    python benchmarks/dedup.py pairs    /tmp/dd/pairs    [--top 5]
+    python benchmarks/dedup.py pairs    /tmp/dd/pairs    [--top 5] [--dataset all] [--pairs-args "--shortlist 0"]
 
 copies:   16 photographs (12 scikit-image photos, 4 homogr_pairs "A" views) × `--variants`
           edited copies each: crops (50-80 % of the area), 90/180/270° rotations, rescales
@@ -22,8 +22,9 @@ connected components of its duplicate lists) runs in /work/imagededup-venv and P
 (`pimmi fill`, `query`, `clusters` at its defaults) in /work/pimmi-venv, on the same folder.
 timing:   N synthetic images (tests' textured shapes) + 5 % edited copies, indexed with the
           feature cache; `duplicates` wall time per image, to extrapolate to 100k and 1M.
-pairs:    homogr_pairs: `pairs --top K`; partner rate = images whose other view is among
-          their pairs.
+pairs:    `pairs --top K` on homogr_pairs (partner: the other view), oxford_affine_subset
+          (the scene's 5 other frames) or corridor (frames within ±2); partner rate = images
+          with a partner among their pairs, partner recall = partners found / min(K, partners).
 """
 
 from __future__ import annotations
@@ -318,23 +319,44 @@ def timing(out: Path, images: int) -> dict:
             "extrapolated_100k_minutes": round(info["seconds"] / count * 1e5 / 60, 1)}
 
 
-def pairs_partner_rate(out: Path, top: int) -> dict:
-    dataset = SHARED / "homogr_pairs"
-    index = out / "homogr.vlad"
+PAIR_SETS = ("homogr_pairs", "oxford_affine_subset", "corridor")
+
+
+def partner_truth(dataset: str, names: list[str]) -> dict[str, set[str]]:
+    """Each image's partners: its other view (homogr_pairs), its scene's other 5 frames
+    (oxford_affine_subset), the frames within ±2 in name order (corridor)."""
+    if dataset == "corridor":
+        ordered = sorted(names)
+        return {n: set(ordered[max(0, i - 2):i] + ordered[i + 1:i + 3]) for i, n in enumerate(ordered)}
+    if dataset == "oxford_affine_subset":
+        return {n: {m for m in names if m != n and m.split("_img")[0] == n.split("_img")[0]} for n in names}
+    gt = json.loads((SHARED / dataset / "gt.json").read_text())["queries"]
+    return {q: set(v["positives"]) for q, v in gt.items()}
+
+
+def pairs_partner_rate(out: Path, top: int, dataset: str = "homogr_pairs", extra: tuple[str, ...] = ()) -> dict:
+    """partner_rate: images with at least one partner among their pairs; partner_recall: the
+    fraction of each image's partners (at most `top`) found, averaged."""
+    folder = SHARED / dataset / "images"
+    index = out / ("homogr.vlad" if dataset == "homogr_pairs" else f"{dataset}.vlad")
     out.mkdir(parents=True, exist_ok=True)
     if not index.exists():
-        _cli("build", str(dataset / "images"), "--index", str(index), "--quiet")
-    pairs_file = out / "pairs.txt"
-    _cli("pairs", str(index), "--top", str(top), "--output", str(pairs_file))
+        _cli("build", str(folder), "--index", str(index), "--quiet")
+    pairs_file = out / f"pairs_{dataset}.txt"
+    start = time.perf_counter()
+    _cli("pairs", str(index), "--top", str(top), "--output", str(pairs_file), *extra)
+    seconds = time.perf_counter() - start
     lines = [line.split() for line in pairs_file.read_text().splitlines()]
     linked = defaultdict(set)
     for a, b in lines:
         linked[a].add(b)
         linked[b].add(a)
-    gt = json.loads((dataset / "gt.json").read_text())["queries"]
-    found = sum(bool(set(v["positives"]) & linked[q]) for q, v in gt.items())
-    return {"images": len(gt), "pairs": len(lines), "partner_rate": round(found / len(gt), 4),
-            "self_pairs": sum(a == b for a, b in lines),
+    truth = partner_truth(dataset, sorted(p.name for p in folder.iterdir()))
+    found = sum(bool(partners & linked[q]) for q, partners in truth.items())
+    recall = np.mean([len(partners & linked[q]) / min(top, len(partners)) for q, partners in truth.items()])
+    return {"dataset": dataset, "images": len(truth), "pairs": len(lines), "partner_rate": round(found / len(truth), 4),
+            "partner_recall": round(float(recall), 4), "seconds": round(seconds, 1),
+            "ms_per_image": round(1000 * seconds / len(truth), 1), "self_pairs": sum(a == b for a, b in lines),
             "repeated": len(lines) - len({tuple(sorted(p)) for p in lines})}
 
 
@@ -346,6 +368,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--others", default="imagededup,pimmi")
+    parser.add_argument("--dataset", choices=PAIR_SETS + ("all",), default="homogr_pairs", help="pairs: which set")
+    parser.add_argument("--pairs-args", default="", help="pairs: extra `vladsearch pairs` arguments, one string")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.what in ("copies", "distinct"):
@@ -353,7 +377,8 @@ def main() -> None:
     elif args.what == "timing":
         result = timing(args.out, args.images)
     else:
-        result = pairs_partner_rate(args.out, args.top)
+        sets = PAIR_SETS if args.dataset == "all" else (args.dataset,)
+        result = [pairs_partner_rate(args.out, args.top, d, tuple(args.pairs_args.split())) for d in sets]
     print(json.dumps(result, indent=1))
 
 

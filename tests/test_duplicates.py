@@ -171,3 +171,27 @@ def test_keep_is_largest_then_biggest_file_then_oldest():
             {"path": "c", "width": 20, "height": 10, "file_size": 1, "mtime": 2.0},
             {"path": "d", "width": 20, "height": 10, "file_size": 2, "mtime": 9.0}]
     assert [r["path"] for r in sorted(rows, key=keep_order)] == ["d", "c", "b", "a"]
+
+
+def test_screening_rejects_unrelated_pairs_and_keeps_copies():
+    """The 256-strongest-feature first pass drops an unrelated pair and keeps a mirrored, cropped copy."""
+    pytest.importorskip("skimage")
+    from vladsearch.features import get_extractor
+
+    extractor = get_extractor("sift")
+
+    def features(image):
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+        found = extractor.extract(grey)
+        order = np.argsort(-found.scores, kind="stable")  # stored strongest first, as the cache keeps them
+        return found.keypoints[order], found.descriptors[order]
+
+    image = photo("astronaut")
+    h, w = image.shape[:2]
+    copy = features(cv2.flip(image[h // 8:, : w - w // 6], 1))
+    full = verify_pair(copy, features(image), mirror=True)
+    screened = verify_pair(copy, features(image), mirror=True, screen=256, screen_inliers=8)
+    assert screened[0] >= 15 and screened[1] and screened == full  # passes the screen, then the full match
+    unrelated = verify_pair(features(photo("coffee")), features(photo("chelsea")), mirror=True, screen=256,
+                            screen_inliers=8)
+    assert unrelated[0] < 8 and unrelated[2:] == (0.0, 0.0)  # rejected by the first pass

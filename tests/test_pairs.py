@@ -68,3 +68,22 @@ def test_pycolmap_reads_the_file(frames, tmp_path):
     read = generator.all_pairs()
     assert len(read) == len(_read(out))
     assert all(a != b for a, b in read)
+
+
+def test_shortlist_reranks_by_inliers_then_vlad_order():
+    from vladsearch.pairs import verified_first
+
+    inliers = {(1, 5): 40, (1, 7): 12, (1, 3): 0}
+    # VLAD order 2, 3, 5, 7, 9: the verified 5 and 7 come first (most inliers first), then VLAD order
+    assert verified_first([2, 3, 5, 7, 9], inliers, 1, 3) == [5, 7, 2]
+    assert verified_first([2, 3], {}, 1, 5) == [2, 3]  # nothing verified: plain VLAD order
+
+
+def test_shortlist_zero_is_plain_vlad_and_default_stays_a_valid_file(frames):
+    plain, deep = frames / "plain.txt", frames / "deep.txt"
+    cli("pairs", str(frames / "f.vlad"), "--top", "3", "--shortlist", "0", "--output", str(plain))
+    cli("pairs", str(frames / "f.vlad"), "--top", "3", "--output", str(deep), "--workers", "2")
+    for pairs in (_read(plain), _read(deep)):
+        assert all(p[0] != p[1] for p in pairs) and len({frozenset(p) for p in pairs}) == len(pairs)
+        linked = {n: sum(n in p for p in pairs) for n in {x for p in pairs for x in p}}
+        assert len(linked) == 12 and min(linked.values()) >= 3

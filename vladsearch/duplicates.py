@@ -57,6 +57,9 @@ DEFAULT_MIN_THICKNESS = 0.2
 # and this fraction of the homography inliers must fit one affine map: edited copies ≥ 0.93
 # (median 1.00); graf viewpoint changes ≤ 0.73, homogr wide-baseline pairs median 0.73.
 DEFAULT_MIN_AFFINE = 0.9
+# Cheap first pass (verify_pair): the 256 strongest features must give 8 inliers before all are matched.
+DEFAULT_SCREEN_KEYPOINTS = 256
+DEFAULT_SCREEN_INLIERS = 8
 QUERY_BLOCK = 1024
 GROUPINGS = ("keep", "components")
 
@@ -177,8 +180,8 @@ def candidate_blocks(index: Index, query_ids: np.ndarray, rows: dict[int, dict[s
                 taken += 1
                 pair = (min(int(a), b), max(int(a), b))
                 if score >= min_similarity and pair not in seen:
-                    seen.add(pair)
-                    pairs[pair] = float(score)
+                    pairs[pair] = max(float(score), pairs.get(pair, -1.0))  # plain or mirrored query
+        seen.update(pairs)
         yield pairs
 
 
@@ -209,9 +212,10 @@ class FeatureSource:
 
 
 def _verify(pairs: list[tuple[int, int]], source: FeatureSource, workers: int | None, mirror: bool,
-            min_inliers: int) -> list[PairVerdict]:
+            min_inliers: int, screen: tuple[int, int] = (0, 0)) -> list[PairVerdict]:
     source.load({i for pair in pairs for i in pair})
-    return verify_pairs(pairs, source, workers, mirror=mirror, min_inliers=min_inliers)
+    return verify_pairs(pairs, source, workers, mirror=mirror, min_inliers=min_inliers, screen=screen[0],
+                        screen_inliers=screen[1])
 
 
 # --- 4. groups -----------------------------------------------------------------------------
@@ -250,7 +254,9 @@ def split_around_keep(component: list[int], edges: set[tuple[int, int]], order: 
 def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inliers: int = DEFAULT_MIN_INLIERS,
                     min_similarity: float = DEFAULT_MIN_SIMILARITY, min_thickness: float = DEFAULT_MIN_THICKNESS,
                     min_affine: float = DEFAULT_MIN_AFFINE, grouping: str = "keep", mirror: bool | None = None,
-                    workers: int | None = None, progress: bool = False, nprobe: int | None = None) -> DuplicateReport:
+                    workers: int | None = None, progress: bool = False, nprobe: int | None = None,
+                    screen: int = DEFAULT_SCREEN_KEYPOINTS,
+                    screen_inliers: int = DEFAULT_SCREEN_INLIERS) -> DuplicateReport:
     """Every group of near-duplicate images in the index; see the module docstring for the steps."""
     import time
 
@@ -277,7 +283,7 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
     total = (len(queries) + QUERY_BLOCK - 1) // QUERY_BLOCK
     for pairs in progress_bar(blocks, total=total, desc="query blocks", enabled=progress):
         similarity.update(pairs)
-        for verdict in _verify(list(pairs), source, workers, mirror, min_inliers):
+        for verdict in _verify(list(pairs), source, workers, mirror, min_inliers, (screen, screen_inliers)):
             verdicts[(verdict.a, verdict.b)] = verdict
     timings["knn_and_verify"] = time.perf_counter() - start
 
@@ -354,6 +360,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help=f"homography inliers for a verified pair (default {DEFAULT_MIN_INLIERS})")
     parser.add_argument("--min-similarity", type=float, default=DEFAULT_MIN_SIMILARITY, metavar="S",
                         help=f"skip neighbours whose VLAD similarity is below S (default {DEFAULT_MIN_SIMILARITY})")
+    parser.add_argument("--screen", type=int, default=DEFAULT_SCREEN_KEYPOINTS, metavar="N",
+                        help=f"first match only the N strongest features of each image; pairs under "
+                             f"--screen-inliers there are rejected (default {DEFAULT_SCREEN_KEYPOINTS}; 0: off)")
+    parser.add_argument("--screen-inliers", type=int, default=DEFAULT_SCREEN_INLIERS, metavar="M",
+                        help=f"inliers the first pass needs (default {DEFAULT_SCREEN_INLIERS})")
     parser.add_argument("--grouping", choices=GROUPINGS, default="keep",
                         help="keep: every member verified against the kept image (default); "
                              "components: connected components of verified pairs")
@@ -374,7 +385,8 @@ def run_cli(args: argparse.Namespace) -> int:
     report = find_duplicates(index, neighbors=args.neighbors, min_inliers=args.min_inliers,
                              min_similarity=args.min_similarity, grouping=args.grouping,
                              mirror=False if args.no_mirror else None, workers=args.workers,
-                             progress=not args.quiet and not args.json and not args.csv, nprobe=args.nprobe)
+                             progress=not args.quiet and not args.json and not args.csv, nprobe=args.nprobe,
+                             screen=args.screen, screen_inliers=args.screen_inliers)
     if args.html:
         write_html(report, Path(args.html), index.root)
     if args.json:

@@ -103,20 +103,51 @@ def _reference_scale(points: np.ndarray) -> float:
     return min(1.0, REFERENCE_SIDE / extent) if extent > 0 else 1.0
 
 
+def _match_once(a: FeaturePair, b: FeaturePair, flipped: bool, model: str) -> tuple[np.ndarray, np.ndarray, int,
+                                                                                    np.ndarray]:
+    kps_a, desc_a = mirrored_features(*a) if flipped else a
+    matches = match_descriptors(desc_a, b[1])
+    inliers, mask = verify_matches(kps_a, b[0], matches, model=model)
+    return kps_a, matches, inliers, mask
+
+
+def screen_pair(a: FeaturePair, b: FeaturePair, keypoints: int, mirror: bool = False,
+                model: str = "homography") -> tuple[int, bool]:
+    """(inliers, mirrored) with only the `keypoints` strongest features of each side (cheap first pass).
+
+    Features are stored strongest first (cache and re-extraction alike), so this is a slice.
+    """
+    small_a, small_b = (a[0][:keypoints], a[1][:keypoints]), (b[0][:keypoints], b[1][:keypoints])
+    best = (0, False)
+    for flipped in ((False, True) if mirror else (False,)):
+        inliers = _match_once(small_a, small_b, flipped, model)[2]
+        if inliers > best[0]:
+            best = (inliers, flipped)
+    return best
+
+
 def verify_pair(a: FeaturePair, b: FeaturePair, mirror: bool = False, min_inliers: int = DEFAULT_MIN_INLIERS,
-                model: str = "homography") -> tuple[int, bool, float, float]:
+                model: str = "homography", screen: int = 0,
+                screen_inliers: int = 0) -> tuple[int, bool, float, float]:
     """(inliers, mirrored, band thickness, affine fraction) of one pair of (keypoints N×2, descriptors N×D).
 
     mirror: when the direct match gives fewer than `min_inliers`, match a's mirrored SIFT
     features too and keep the better one (a homography can hold the reflection).
+    screen: first match only the `screen` strongest features of each side; a pair with fewer
+    than `screen_inliers` inliers there (either orientation) is rejected without the full match
+    (the full match costs (N / screen)² as much). 0: no screening.
     """
+    order = (False, True) if mirror else (False,)
+    if screen and screen_inliers and max(len(a[0]), len(b[0])) > screen:
+        inliers, flipped = screen_pair(a, b, screen, mirror, model)
+        if inliers < screen_inliers:
+            return (inliers, flipped, 0.0, 0.0)
+        order = (flipped, not flipped) if mirror else order
     best = (0, False, 0.0, 0.0)
-    for flipped in ((False, True) if mirror else (False,)):
-        if flipped and best[0] >= min_inliers:
+    for flipped in order:
+        if best[0] >= min_inliers:
             break
-        kps_a, desc_a = mirrored_features(*a) if flipped else a
-        matches = match_descriptors(desc_a, b[1])
-        inliers, mask = verify_matches(kps_a, b[0], matches, model=model)
+        kps_a, matches, inliers, mask = _match_once(a, b, flipped, model)
         if inliers > best[0]:
             chosen = matches[mask]
             pa, pb = kps_a[chosen[:, 0]].astype(np.float64), b[0][chosen[:, 1]].astype(np.float64)
@@ -131,6 +162,7 @@ _features_of: Callable[[int], FeaturePair | None] | None = None
 _mirror = False
 _min_inliers = DEFAULT_MIN_INLIERS
 _model = "homography"
+_screen = (0, 0)
 
 
 def _verify_chunk(pairs: Sequence[tuple[int, int]]) -> list[PairVerdict]:
@@ -140,7 +172,7 @@ def _verify_chunk(pairs: Sequence[tuple[int, int]]) -> list[PairVerdict]:
         if fa is None or fb is None or len(fa[0]) == 0 or len(fb[0]) == 0:
             out.append(PairVerdict(a, b, 0))
             continue
-        out.append(PairVerdict(a, b, *verify_pair(fa, fb, _mirror, _min_inliers, _model)))
+        out.append(PairVerdict(a, b, *verify_pair(fa, fb, _mirror, _min_inliers, _model, *_screen)))
     return out
 
 
@@ -152,15 +184,17 @@ def _init_worker() -> None:
 
 def verify_pairs(pairs: Sequence[tuple[int, int]], features_of: Callable[[int], FeaturePair | None],
                  workers: int | None = None, mirror: bool = False, min_inliers: int = DEFAULT_MIN_INLIERS,
-                 model: str = "homography") -> list[PairVerdict]:
+                 model: str = "homography", screen: int = 0, screen_inliers: int = 0) -> list[PairVerdict]:
     """Verify every (a, b) pair of image ids, in parallel; results in input order.
 
     features_of(id) -> (keypoints, descriptors) or None (a missing image: 0 inliers). It is
     called inside forked workers, so it may read memory-mapped caches or a dict filled
     before this call. workers: processes (None: all cores; 1: in this process).
+    screen, screen_inliers: the cheap first pass of `verify_pair` (0: none).
     """
-    global _features_of, _mirror, _min_inliers, _model
+    global _features_of, _mirror, _min_inliers, _model, _screen
     _features_of, _mirror, _min_inliers, _model = features_of, mirror, min_inliers, model
+    _screen = (screen, screen_inliers)
     pairs = [(int(a), int(b)) for a, b in pairs]
     workers = workers or len(os.sched_getaffinity(0))
     chunks = [pairs[i:i + PAIRS_PER_TASK] for i in range(0, len(pairs), PAIRS_PER_TASK)]

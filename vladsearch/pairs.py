@@ -2,8 +2,9 @@
 
     vladsearch pairs INDEX --top K --output pairs.txt [--sequential N] [--verified]
 
-Each indexed image is paired with its K nearest other images (a batched kNN search of every
-vector against the index). `--sequential N` adds each image's N next images in name order
+Each indexed image is paired with K other images: from its `--shortlist S` (40) nearest by VLAD
+(a batched kNN search of every vector against the index), the K with the most geometric inliers
+(ties in VLAD order); `--shortlist 0`: simply the K nearest. `--sequential N` adds each image's N next images in name order
 (video frames, COLMAP's sequential matcher); the retrieval pairs stay as loop closures (hloc
 PR #441). The file has one `name0 name1` line per pair, names as indexed (relative to the
 photos' folder: hloc's and COLMAP's image names when that folder is their image root), no
@@ -14,6 +15,7 @@ verify geometrically (fundamental matrix by default: the right model for a 3D sc
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from vladsearch.index import Index
 
 QUERY_BLOCK = 1024
+# Nearest images per image that are verified to choose its --top pairs (0: plain VLAD ranking).
+# Measured in docs/BENCHMARKS.md ("pairs"): partner rate on homogr_pairs, oxford, corridor.
+DEFAULT_SHORTLIST = 40
 
 
 def sequential_pairs(count: int, window: int) -> list[tuple[int, int]]:
@@ -45,29 +50,68 @@ def unique_pairs(pairs) -> list[tuple[int, int]]:
     return out
 
 
-def retrieval_pairs(index: Index, ids: np.ndarray, top: int, nprobe: int | None = None,
-                    block: int = QUERY_BLOCK) -> list[tuple[int, int]]:
-    """(query id, neighbour id): each image's `top` nearest other images, best first."""
+def neighbour_lists(index: Index, ids: np.ndarray, depth: int, nprobe: int | None = None,
+                    block: int = QUERY_BLOCK) -> Iterator[list[tuple[int, list[int]]]]:
+    """Per block of queries: (query id, its `depth` nearest other images, best first)."""
     from vladsearch.duplicates import vectors_by_id
 
     rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table) if r["segment"] is not None}
-    k = min(len(ids), top + 1)
-    out = []
+    k = min(len(ids), depth + 1)
     for start in range(0, len(ids), block):
         chunk = ids[start:start + block]
         _, I = index.search_vectors(vectors_by_id(index, rows, chunk), k, nprobe)
-        for a, found in zip(chunk, I):
-            others = [int(b) for b in found if b >= 0 and b != a][:top]
-            out += [(int(a), b) for b in others]
+        yield [(int(a), [int(b) for b in found if b >= 0 and b != a][:depth]) for a, found in zip(chunk, I)]
+
+
+def retrieval_pairs(index: Index, ids: np.ndarray, top: int, nprobe: int | None = None,
+                    block: int = QUERY_BLOCK) -> list[tuple[int, int]]:
+    """(query id, neighbour id): each image's `top` nearest other images, best first."""
+    return [(a, b) for lists in neighbour_lists(index, ids, top, nprobe, block) for a, others in lists
+            for b in others]
+
+
+def verified_first(others: list[int], inliers: dict[tuple[int, int], int], a: int, top: int) -> list[int]:
+    """The `top` of a VLAD-ordered shortlist reranked by inliers (most first; ties keep the VLAD order)."""
+    counts = [inliers.get((min(a, b), max(a, b)), 0) for b in others]
+    return [others[r] for r in sorted(range(len(others)), key=lambda r: (-counts[r], r))[:top]]
+
+
+def shortlist_pairs(index: Index, ids: np.ndarray, top: int, shortlist: int, model: str,
+                    workers: int | None, nprobe: int | None = None,
+                    block: int = QUERY_BLOCK) -> list[tuple[int, int]]:
+    """(query id, neighbour id): each image's `top` pairs from its `shortlist` nearest, verified first.
+
+    Every unordered pair of the shortlists is verified once (features from the cache, or
+    re-extracted for each block of queries); an image's pairs are its shortlisted images
+    with the most inliers (spatial reranking; ties, e.g. none at all, keep the VLAD order).
+    Ranked, not thresholded: a hard wide-baseline partner may have only 7-24 fundamental
+    inliers, barely above an unrelated image's 9-17, yet still the most.
+    """
+    from vladsearch.duplicates import FeatureSource
+    from vladsearch.pair_verification import verify_pairs
+
+    rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table) if r["segment"] is not None}
+    source = FeatureSource(index, rows, workers)
+    inliers: dict[tuple[int, int], int] = {}
+    out = []
+    for lists in neighbour_lists(index, ids, max(top, shortlist), nprobe, block):
+        todo = list(dict.fromkeys((min(a, b), max(a, b)) for a, others in lists for b in others))
+        todo = [p for p in todo if p not in inliers]
+        for start in range(0, len(todo), 4 * QUERY_BLOCK):  # bounded memory without a feature cache
+            chunk = todo[start:start + 4 * QUERY_BLOCK]
+            source.load({i for pair in chunk for i in pair})
+            for v in verify_pairs(chunk, source, workers, model=model):
+                inliers[(v.a, v.b)] = v.inliers
+        out += [(a, b) for a, others in lists for b in verified_first(others, inliers, a, top)]
     return out
 
 
 def image_pairs(index: Index, top: int, sequential: int = 0, verified: bool = False, model: str = "fundamental",
                 min_inliers: int | None = None, workers: int | None = None,
-                nprobe: int | None = None) -> list[tuple[str, str]]:
+                nprobe: int | None = None, shortlist: int = DEFAULT_SHORTLIST) -> list[tuple[str, str]]:
     """The pairs as (name0, name1), names as indexed; see the module docstring."""
-    if top < 0 or sequential < 0:
-        raise ValueError("--top and --sequential take a number of images ≥ 0")
+    if top < 0 or sequential < 0 or shortlist < 0:
+        raise ValueError("--top, --sequential and --shortlist take a number of images ≥ 0")
     if top == 0 and sequential == 0:
         raise ValueError("nothing to pair: give --top K and/or --sequential N")
     if model not in MIN_SAMPLE:
@@ -78,7 +122,9 @@ def image_pairs(index: Index, top: int, sequential: int = 0, verified: bool = Fa
     candidates = []
     if sequential:
         candidates += [(by_name[i], by_name[j]) for i, j in sequential_pairs(len(by_name), sequential)]
-    if top:
+    if top and shortlist > top:
+        candidates += shortlist_pairs(index, ids, top, shortlist, model, workers, nprobe)
+    elif top:
         candidates += retrieval_pairs(index, ids, top, nprobe)
     pairs = unique_pairs(candidates)
     if verified:
@@ -126,11 +172,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--top", "-k", type=int, default=20, metavar="K",
                         help="nearest other images per image (default 20; 0 with --sequential: none)")
     parser.add_argument("--output", "-o", required=True, metavar="PAIRS.txt")
+    parser.add_argument("--shortlist", type=int, default=DEFAULT_SHORTLIST, metavar="S",
+                        help=f"choose each image's K pairs among its S nearest, reranked by geometric inliers "
+                             f"(default {DEFAULT_SHORTLIST}; 0: the K nearest by VLAD alone, no verification)")
     parser.add_argument("--sequential", type=int, default=0, metavar="N",
                         help="also pair each image with its N next images in name order (video frames)")
     parser.add_argument("--verified", action="store_true", help="keep only pairs that verify geometrically")
     parser.add_argument("--model", choices=list(MIN_SAMPLE), default="fundamental",
-                        help="with --verified: the geometric model (default fundamental)")
+                        help="the geometric model of --verified and --shortlist (default fundamental)")
     parser.add_argument("--min-inliers", type=int, default=None, metavar="N",
                         help="with --verified: inliers needed (default 30 for fundamental, 15 for homography)")
     parser.add_argument("--nprobe", type=int, default=None, help="IVF indexes: lists to visit per query")
@@ -145,7 +194,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     index = Index.open(args.index, root=args.root)
     pairs = image_pairs(index, args.top, args.sequential, args.verified, args.model, args.min_inliers,
-                        args.workers, args.nprobe)
+                        args.workers, args.nprobe, args.shortlist)
     write_pairs(pairs, Path(args.output))
     print(f"wrote {len(pairs)} pairs of {len(index.snapshot.loaded_ids)} images to {args.output}")
     return 0
