@@ -209,6 +209,7 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     large = Index.open(large_dir)
     large.snapshot  # noqa: B018 - load it now
+    large.snapshot.refine = preset_params("large")["refine"]  # today's preset, also for an index made earlier
     open_seconds = time.perf_counter() - start
     rss_growth = (rss_bytes() - before) / args.vectors
     info = large.info()
@@ -229,7 +230,7 @@ def run(args: argparse.Namespace) -> dict:
             found = np.array([large.search_vectors(xq[q:q + 1], 1)[1][0, 0] for q in range(len(xq))])
             by_refine[refine] = {"recall_at_1": float(np.mean(found == truth)),
                                  "single_query_ms": round(1000 * (time.perf_counter() - t) / len(xq), 3)}
-        large.snapshot.refine = large.params.refine
+        large.snapshot.refine = preset_params("large")["refine"]
     faiss.omp_set_num_threads(threads)
     t = time.perf_counter()
     _, I = large.search_vectors(xq, 10)
@@ -243,7 +244,7 @@ def run(args: argparse.Namespace) -> dict:
     result = {
         "vectors": args.vectors, "real_vectors": real_count, "queries": len(xq), "dim": int(xq.shape[1]),
         "machine": cpu_description(), "nlist": int(large.snapshot.backend.index.nlist),
-        "nprobe": int(large.snapshot.backend.index.nprobe), "refine": large.params.refine,
+        "nprobe": int(large.snapshot.backend.index.nprobe), "refine": large.snapshot.refine,
         "ram_bytes_per_image": info["bytes_per_image"]["ram"], "ram_rss_growth_per_image": round(rss_growth, 1),
         "disk_bytes_per_image": info["bytes_per_image"]["disk"],
         "single_query_ms": round(float(np.median(single)), 3), "single_query_p99_ms": round(float(np.percentile(single, 99)), 3),

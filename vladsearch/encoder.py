@@ -53,7 +53,7 @@ class BuildParams:
 # Named settings (`build --preset`); docs/SCALE.md says when to switch.
 PRESETS: dict[str, dict[str, Any]] = {
     "exact": {"codes": "", "refine": 0, "vector_dtype": "float32", "feature_codes": ""},
-    "large": {"codes": "PCA256,PQ64", "refine": 256, "vector_dtype": "float16", "feature_codes": "PQ32x7"},
+    "large": {"codes": "PCA256,PQ64", "refine": 128, "vector_dtype": "float16", "feature_codes": "PQ32x7"},
 }
 
 

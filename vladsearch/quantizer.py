@@ -3,7 +3,7 @@
 `--preset large` keeps, per image, a 64-byte product-quantised code (Jégou et al. 2011) of
 its vector projected by PCA to 256 dimensions, in an inverted file (IVF) in RAM; the full
 vectors stay on disk (float16, memory-mapped segments). A query scans `nprobe` lists of
-codes for `refine` candidates, then re-ranks them with the full vectors, exactly as the
+codes for `refine` (128) candidates, then re-ranks them with the full vectors, exactly as the
 default index would score them (faiss's IndexRefine, with the refinement on disk).
 
 Everything is trained on a bounded, seeded sample of the collection's vectors: PCA on at
