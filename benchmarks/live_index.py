@@ -18,7 +18,7 @@ Every figure is measured in this run on this machine:
                   segments vs. the same vectors after `compact` (one segment), and the time
                   to open each (Index.open + first search)
   readers         2 reader processes loop on Index.open + search while 24 back-to-back
-                  commits run (adds of one image, removes, one compact): failures counted
+                  commits run (adds of five 640×480 photos, removes, one compact): failures counted
 """
 
 from __future__ import annotations
@@ -204,17 +204,17 @@ def readers_during_commits(work: Path) -> dict:
     index_dir = work / "readers.vlad"
     subprocess.run([sys.executable, "-m", "vladsearch.cli", "build", str(photos), "--index", str(index_dir), "-q"],
                    check=True, env=ENV)
-    extra = make_images(work / "extra24", 24, seed=300)
+    extra = make_images(work / "extra24", 24 * 5, seed=300, size=(640, 480))  # 5 per commit: longer commits
     stop = work / "stop"
     query = min(photos.glob("*.jpg"))
     readers = [subprocess.Popen([sys.executable, "-c", READER, str(index_dir), str(query), str(stop)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]
     index = Index.open(index_dir)
     start = time.perf_counter()
-    for number, image in enumerate(extra):
-        index.add([image], progress=False, workers=1)
+    for number in range(24):
+        index.add(extra[5 * number:5 * number + 5], progress=False, workers=1)
         if number % 3 == 2:
-            index.remove([extra[number - 1]])
+            index.remove([extra[5 * number - 1]])
         if number == 12:
             index.compact()
     seconds = time.perf_counter() - start
