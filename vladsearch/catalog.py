@@ -162,6 +162,21 @@ def disk_error(index_dir: Path, exc: BaseException) -> BaseException:
     return exc
 
 
+def existing_build(index_dir: Path) -> dict[str, Any] | None:
+    """The meta of the index already at index_dir (None: no committed index there)."""
+    if (index_dir / "manifest.json").exists() and not catalog_path(index_dir).exists():
+        return {"root": "(format 1 index)"}
+    if not catalog_path(index_dir).exists():
+        return None
+    db = connect(index_dir, readonly=True)
+    try:
+        return read_meta(db)
+    except IndexFormatError:
+        return None
+    finally:
+        db.close()
+
+
 # --- meta and blobs --------------------------------------------------------------------
 def read_meta(db: sqlite3.Connection) -> dict[str, Any]:
     meta = {key: json.loads(value) for key, value in db.execute("SELECT key, value FROM meta")}

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vladsearch import __version__, catalog, legacy, segments
-from vladsearch.catalog import check_writable, disk_error
+from vladsearch.catalog import check_writable, disk_error, existing_build
 from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample, PendingDescriptors
 from vladsearch.encoder import Encoder
 from vladsearch.extraction import ExtractedImage, WorkerEncoding, extract_images, single_blas_thread
@@ -217,21 +217,6 @@ def build_meta(encoder: Encoder, index_dir: Path, root: Path) -> dict[str, Any]:
             "created": now, "build_id": uuid.uuid4().hex, "params": vars(encoder.params),
             "features": encoder.feature_config, "weights_path": encoder.weights, "dim": encoder.dim,
             **catalog.root_meta(index_dir, root)}
-
-
-def existing_build(index_dir: Path) -> dict[str, Any] | None:
-    """The meta of the index already at index_dir (None: no committed index there)."""
-    if (index_dir / "manifest.json").exists() and not catalog.catalog_path(index_dir).exists():
-        return {"root": "(format 1 index)"}
-    if not catalog.catalog_path(index_dir).exists():
-        return None
-    db = catalog.connect(index_dir, readonly=True)
-    try:
-        return catalog.read_meta(db)
-    except catalog.IndexFormatError:
-        return None
-    finally:
-        db.close()
 
 
 def prepare_directory(index_dir: Path, force: bool) -> None:
