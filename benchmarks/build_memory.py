@@ -7,7 +7,8 @@ hundred SIFT keypoints each), generated once into --cache and reused; size N tak
 first N. Each build is `vladsearch build` in its own process (default settings, K=64 SIFT,
 plus --preset); this script samples every 0.2 s the resident memory of the main process and
 the proportional set size (PSS) of the whole process tree (main + extraction workers) from
-/proc, and reports the peaks.
+/proc, and reports the peaks (the main process's RSS also split out as its anonymous part,
+which excludes file pages it has mapped).
 """
 
 from __future__ import annotations
@@ -52,13 +53,15 @@ def measure(images: Path, preset: str) -> dict:
                    "-q", "--preset", preset]
         start = time.perf_counter()
         process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(PROJECT)})
-        peaks = {"main_rss_mib": 0.0, "tree_pss_mib": 0.0}
+        peaks = {"main_rss_mib": 0.0, "main_anon_mib": 0.0, "tree_pss_mib": 0.0}
         done = threading.Event()
 
         def sample() -> None:
             while not done.is_set():
                 tree = process_tree(process.pid)
                 main = _kib(Path(f"/proc/{process.pid}/status"), "VmRSS:")
+                anon = _kib(Path(f"/proc/{process.pid}/status"), "RssAnon:")
+                peaks["main_anon_mib"] = max(peaks["main_anon_mib"], anon / 1024)
                 pss = sum(_kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss:") for pid in tree)
                 peaks["main_rss_mib"] = max(peaks["main_rss_mib"], main / 1024)
                 peaks["tree_pss_mib"] = max(peaks["tree_pss_mib"], pss / 1024)
@@ -90,7 +93,8 @@ def main() -> None:
             for file in files[:size]:
                 os.link(file, Path(folder) / file.name)
             results[size] = measure(Path(folder), args.preset)
-        print(f"{size:>7} images, --preset {args.preset}: peak main RSS {results[size]['main_rss_mib']} MiB, "
+        print(f"{size:>7} images, --preset {args.preset}: peak main RSS {results[size]['main_rss_mib']} MiB "
+              f"(anonymous {results[size]['main_anon_mib']} MiB), "
               f"process tree PSS {results[size]['tree_pss_mib']} MiB, {results[size]['seconds']} s", flush=True)
     first, last = results[args.sizes[0]], results[args.sizes[-1]]
     print(f"growth {args.sizes[0]} -> {args.sizes[-1]}: main {last['main_rss_mib'] / first['main_rss_mib']:.2f}x, "

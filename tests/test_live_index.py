@@ -287,3 +287,15 @@ def test_compact_and_check_from_the_command_line(base, tmp_path):
     assert after["counts"]["segments"] == 1 and after["counts"]["vectors"] == 24 + 6 - 1
     assert after["counts"]["deletions"] == 0
     assert "ok:" in cli("check", str(index_dir)).stdout
+
+
+def test_a_long_lived_reader_skips_images_removed_after_its_snapshot(base, tmp_path):
+    index_dir = _copy(base, tmp_path)
+    reader = Index.open(index_dir)
+    query = tmp_path / "photos" / "img_1_005.jpg"
+    assert reader.search([query], top=3)[0].matches[0].image == "img_1_005.jpg"  # snapshot loaded
+    Index.open(index_dir).remove(["img_1_005.jpg"])  # another process's commit
+    matches = reader.search([query], top=3)[0].matches  # same snapshot: the id is there, its name is gone
+    assert matches and all(m.image != "img_1_005.jpg" for m in matches)
+    reader.refresh()
+    assert reader.backend.ntotal == 23

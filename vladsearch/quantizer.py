@@ -180,16 +180,15 @@ def train_codes(encoder, staged: list) -> CoarseCodes:
     from vladsearch import segments
 
     p = encoder.params
-    maps = [segments.open_vectors(s.directory, s.name, encoder.dim, s.vectors, p.vector_dtype, directory=s.directory)
-            for s in staged]
-    starts = np.cumsum([0] + [len(m) for m in maps])
+    starts = np.cumsum([0] + [s.vectors for s in staged])
 
     def read_rows(rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), encoder.dim), np.float32)
         which = np.searchsorted(starts, rows, side="right") - 1
         for segment in np.unique(which):
             pick = which == segment
-            out[pick] = maps[segment][rows[pick] - starts[segment]]
+            out[pick] = segments.read_vectors(staged[segment].directory, encoder.dim, p.vector_dtype,
+                                              rows[pick] - starts[segment])
         return out
 
     coder = CoarseCodes(p.codes, seed=p.seed).fit(read_rows, int(starts[-1]))

@@ -96,7 +96,8 @@ def search_index(encoder: Encoder, snapshot: Snapshot, root: Path, queries: list
     chunk_queries = max(1, RERANK_CANDIDATES_AT_ONCE // max(rerank, 1))
     for row, position in enumerate(good):
         scores, ids = top_k(D[row], I[row], k)
-        matches = [Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids)]
+        # An id without a name was removed by a commit after this snapshot was taken: skip it.
+        matches = [Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids) if int(i) in names]
         if rerank:
             if row % chunk_queries == 0:  # candidates of the next queries, fetched together
                 chunk = I[row:row + chunk_queries, :rerank].ravel()
@@ -168,7 +169,8 @@ def _expand(snapshot: Snapshot, query_vector: np.ndarray, matches: list[Match], 
     names.update(snapshot.paths_of(missing))
     keep = [m for m in matches if m.verified] if reranked else []
     seen = {m.id for m in keep}
-    return keep + [Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids) if int(i) not in seen]
+    return keep + [Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids)
+                   if int(i) not in seen and int(i) in names]
 
 
 def database_features(encoder: Encoder, snapshot: Snapshot, root: Path, ids: list[int],

@@ -240,12 +240,39 @@ def segment_dir(index_dir: Path, name: str) -> Path:
     return Path(index_dir) / SEGMENTS_DIR / name
 
 
+def read_vectors(directory: Path, dim: int, dtype: str, rows: np.ndarray) -> np.ndarray:
+    """Rows of a segment's vectors as float32 (len(rows) × dim), read with pread, not mapped.
+
+    A writer reads back what it staged this way so that the pages it touches stay in the
+    page cache, not in its own resident memory (a build's peak memory must not grow with
+    the collection; memory-mapped reads would count every touched page).
+    """
+    filename, numpy_dtype = VECTOR_FILES[dtype]
+    row_bytes = dim * np.dtype(numpy_dtype).itemsize
+    out = np.empty((len(rows), dim), np.float32)
+    fd = os.open(directory / filename, os.O_RDONLY)
+    try:
+        for k, row in enumerate(rows):
+            out[k] = np.frombuffer(os.pread(fd, row_bytes, int(row) * row_bytes), numpy_dtype)
+    finally:
+        os.close(fd)
+    return out
+
+
+def vector_blocks(directory: Path, dim: int, dtype: str, count: int, block: int = 4096):
+    """A segment's vectors in order, `block` rows at a time (float32), read without mapping."""
+    filename, numpy_dtype = VECTOR_FILES[dtype]
+    with open(directory / filename, "rb") as handle:
+        for start in range(0, count, block):
+            rows = min(block, count - start)
+            yield np.fromfile(handle, numpy_dtype, rows * dim).reshape(rows, dim).astype(np.float32)
+
+
 def add_codes(staged: StagedSegment, coder, dim: int, dtype: str) -> None:
     """Write the compact codes of a staged segment whose vectors were written before training."""
-    vectors = open_vectors(staged.directory, staged.name, dim, staged.vectors, dtype, directory=staged.directory)
     with open(staged.directory / CODES_FILE, "wb") as handle:
-        handle.writelines(np.ascontiguousarray(coder.encode(np.asarray(vectors[start:start + 16384], np.float32)))
-                         .tobytes() for start in range(0, staged.vectors, 16384))
+        handle.writelines(np.ascontiguousarray(coder.encode(block)).tobytes()
+                          for block in vector_blocks(staged.directory, dim, dtype, staged.vectors))
         handle.flush()
         os.fsync(handle.fileno())
     info_path = staged.directory / "segment.json"

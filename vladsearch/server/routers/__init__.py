@@ -1,0 +1,1 @@
+"""One APIRouter per resource: search, images, info. Handlers only translate HTTP to the engine."""
