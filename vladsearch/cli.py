@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import warnings
 
 from vladsearch import __version__
+from vladsearch.distributed import executor_report
+from vladsearch.encoder import PRESETS, preset_params
 from vladsearch.features import EXTRACTORS
 from vladsearch.images import DEFAULT_MAX_PIXELS
 from vladsearch.results import results_to_csv, results_to_json, results_to_table
@@ -38,6 +41,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
+def _add_ray(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="run on a Ray cluster (pip install \"vladsearch[ray]\"): no ADDRESS starts a local "
+                             "instance for this command; 'auto' or HOST:PORT joins a running cluster, whose "
+                             "workers must see the photos and the index at the same paths (docs/RAY.md); "
+                             "--workers is then the number of actors")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vladsearch", description="Find the images of a collection that show the same thing as a query.",
@@ -48,7 +59,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="index every image under a folder",
                                 description="Index every image under PHOTOS_DIR (recursively) into a new index directory.")
-    build.add_argument("photos", metavar="PHOTOS_DIR")
+    build.add_argument("photos", metavar="PHOTOS_DIR", help="a folder, or a .txt file listing image paths")
     build.add_argument("--index", required=True, metavar="PATH", help="index directory to write (e.g. photos.vlad)")
     features_help = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in EXTRACTORS.items())
     build.add_argument("--features", default="sift", choices=list(EXTRACTORS), help=f"local features ({features_help})")
@@ -61,6 +72,9 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-whiten", action="store_true", help="with --pca: project without whitening")
     build.add_argument("--no-intra", action="store_true", help="disable intra-normalisation")
     build.add_argument("--power", type=float, default=0.5, help="power-law exponent (default 0.5; 1 disables)")
+    build.add_argument("--preset", default="exact", choices=list(PRESETS),
+                       help="exact: every vector in RAM, exact search (default); large: a 64-byte code per image "
+                            "in RAM, full vectors on disk re-rank the candidates (millions of images; docs/SCALE.md)")
     build.add_argument("--factory", default="Flat",
                        help="faiss index factory string (default Flat = exact; e.g. IVF1024,Flat, IVF1024,PQ32np or HNSW32)")
     build.add_argument("--codebook-images", type=_positive_int, default=500,
@@ -73,9 +87,13 @@ def _build_parser() -> argparse.ArgumentParser:
                        help=f"skip images larger than N pixels, read from the file header before decoding "
                             f"(decompression bombs; default {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
     build.add_argument("--force", action="store_true", help="replace an index that already exists at --index")
+    build.add_argument("--feature-codes", default=None, metavar="PQmxb",
+                       help="with --keep-features: store descriptors as product-quantised codes, e.g. PQ32x7 "
+                            "(32 KiB per image at 1024 SIFT keypoints instead of 264 KiB; the large preset's choice)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--json", action="store_true", help="print the build report as JSON")
     _add_common(build)
+    _add_ray(build)
 
     search = commands.add_parser("search", help="find the most similar indexed images")
     search.add_argument("index", metavar="INDEX")
@@ -108,6 +126,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add.add_argument("--root", metavar="PHOTOS_DIR", help="the indexed photos' folder, if it moved apart from the index")
     add.add_argument("--no-merge", action="store_true", help="do not merge small segments after the commit")
     _add_common(add)
+    _add_ray(add)
 
     remove = commands.add_parser("remove", help="remove images from an index")
     remove.add_argument("index", metavar="INDEX")
@@ -128,6 +147,13 @@ def _build_parser() -> argparse.ArgumentParser:
     from vladsearch.evaluate import add_cli as add_evaluate
 
     add_evaluate(commands)
+    from vladsearch.server.cli import add_cli as add_serve
+
+    add_serve(commands)
+    from vladsearch import duplicates, pairs
+
+    duplicates.add_cli(commands)
+    pairs.add_cli(commands)
     return parser
 
 
@@ -155,16 +181,18 @@ def _print_report(report, as_json: bool, extra: dict | None = None) -> None:
 
 
 def _cmd_build(args) -> int:
-    from vladsearch import Index
+    from vladsearch import Index, distributed
 
-    index = Index.build(
+    build = Index.build if args.ray is None else functools.partial(distributed.build_index, address=args.ray)
+    index = build(
         args.photos, index=args.index, force=args.force, features=args.features, clusters=args.clusters,
         weights=args.weights, workers=args.workers, progress=not args.quiet, max_side=args.max_side or None,
         max_keypoints=args.max_keypoints, pca=args.pca, whiten=not args.no_whiten, intra=not args.no_intra,
         power=args.power, factory=args.factory, codebook_images=args.codebook_images, seed=args.seed,
-        keep_features=args.keep_features, max_pixels=args.max_pixels or None)
+        keep_features=args.keep_features, max_pixels=args.max_pixels or None,
+        **{**preset_params(args.preset), **({"feature_codes": args.feature_codes} if args.feature_codes else {})})
     timings = {k: round(v, 3) for k, v in index.timings.items()}
-    _print_report(index.report, args.json, {"index": args.index, "timings": timings})
+    _print_report(index.report, args.json, {"index": args.index, **executor_report(index), "timings": timings})
     if not args.json:
         print(f"wrote {args.index} ({index.report.indexed} vectors of {index.encoder.dim} dimensions); "
               + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
@@ -192,8 +220,14 @@ def _cmd_add(args) -> int:
     from vladsearch import Index
 
     index = Index.open(args.index, weights=args.weights, root=args.root)
-    report = index.add(args.paths, workers=args.workers, progress=not args.quiet, merge=not args.no_merge)
-    _print_report(report, args.json, {"index": args.index})
+    if args.ray is None:
+        report = index.add(args.paths, workers=args.workers, progress=not args.quiet, merge=not args.no_merge)
+    else:
+        from vladsearch.distributed import add_images
+
+        report = add_images(index, args.paths, address=args.ray, workers=args.workers, progress=not args.quiet,
+                            merge=not args.no_merge)
+    _print_report(report, args.json, {"index": args.index, **executor_report(index)})
     return 0
 
 
@@ -269,12 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     handler = COMMANDS.get(args.command) or args.func  # subcommands of other modules set func
     try:
         return handler(args)
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"vladsearch: error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"vladsearch: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("vladsearch: interrupted; the index keeps its last commit", file=sys.stderr)
         return 130
