@@ -364,7 +364,7 @@ def build_index(images: str | os.PathLike, *, index: str | os.PathLike, force: b
     timings = {"codebook": 0.0}
     start = time.perf_counter()
     try:
-        with cluster(address) as ray, segments.Staging(index_dir) as staging:
+        with segments.Staging(index_dir) as staging, cluster(address) as ray:  # Ray stops first
             timings["start"] = time.perf_counter() - start
             setup = plan(ray, len(paths), extractor.runs_in_main_process, workers)
             out = writer.SegmentStream(staging, encoder, lambda p: names[str(p)], report)
@@ -419,7 +419,7 @@ def add_images(index, paths: list[str | os.PathLike], *, address: str | None = N
         db.close()
     names = {str(Path(os.path.abspath(path))): name for name, path in files.items()}
     try:
-        with cluster(address) as ray, segments.Staging(index_dir) as staging:
+        with segments.Staging(index_dir) as staging, cluster(address) as ray:  # Ray stops first
             index.cluster = plan(ray, max(1, len(todo)), index.encoder.extractor().runs_in_main_process, workers)
             try:
                 staged, rows = encode_on_cluster(ray, todo, names, index.encoder, staging.directory, index.cluster,

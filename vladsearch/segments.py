@@ -206,6 +206,10 @@ def collect_garbage(index_dir: Path, db) -> int:
             removed += 1
         finally:
             os.close(fd)
+    for folder in staging.iterdir() if staging.is_dir() else []:
+        if folder.is_dir() and not (staging / f"{folder.name}.lock").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # its writer is gone (e.g. a cluster worker wrote late)
+            removed += 1
     known = {name for (name,) in db.execute("SELECT name FROM segments")}
     segments_root = index_dir / SEGMENTS_DIR
     for folder in segments_root.iterdir() if segments_root.is_dir() else []:
