@@ -101,9 +101,34 @@ def _init_worker(extractor: Extractor | None, max_side: int | None, parent: int 
     _worker_extractor, _worker_max_side = extractor, max_side
     if parent is not None:
         _die_with_parent(parent)
+        _keep_freed_memory()
 
 
 PR_SET_PDEATHSIG = 1
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def _keep_freed_memory() -> None:
+    """Let a worker reuse the memory it freed instead of unmapping and faulting it in again per image.
+
+    SIFT allocates tens of MB of pyramid buffers per image. With glibc's defaults these are
+    mmap-ed, unmapped on free and zero-faulted again for the next image whenever the
+    dynamic threshold does not adapt, which depends on the heap the worker inherited at the
+    fork: measured on 300 640×480 images, 5.3 M minor faults and 9 s of system time
+    (12.1 s wall) against 38 k faults and 0.2 s (7.5 s wall) with these settings. Fixed
+    thresholds keep buffers of up to 32 MiB on the heap and up to 256 MiB of freed heap
+    for the next image.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
+    libc.mallopt(M_TOP_PAD, 16 << 20)
 
 
 def _die_with_parent(parent: int) -> None:
