@@ -101,7 +101,7 @@ def _init_worker(extractor: Extractor | None, max_side: int | None, parent: int 
     _worker_extractor, _worker_max_side = extractor, max_side
     if parent is not None:
         _die_with_parent(parent)
-        _keep_freed_memory()
+        keep_freed_memory()
 
 
 PR_SET_PDEATHSIG = 1
@@ -109,7 +109,7 @@ PR_SET_PDEATHSIG = 1
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Let a worker reuse the memory it freed instead of unmapping and faulting it in again per image.
 
     SIFT allocates tens of MB of pyramid buffers per image. With glibc's defaults these are

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vladsearch import catalog
+from vladsearch.extraction import keep_freed_memory
 from vladsearch.images import ImageError, decode_gray
 from vladsearch.index import Index
 from vladsearch.server.concurrency import ReadWriteLock, WorkQueue
@@ -68,6 +69,7 @@ class Engine:
         self.limits = limits or Limits()
         self.refresh_interval = refresh_interval
         self._weights, self._root = weights, root
+        keep_freed_memory()  # queries are extracted in this process: reuse SIFT's buffers (extraction.py)
         self.index = Index.open(index_dir, weights=weights, root=root)
         self.index.snapshot  # noqa: B018 - load the vectors now: the first query must not pay for it
         self._writer = self._writer_for(self.index)
