@@ -41,3 +41,9 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not available (../shared beside the checkout holds the evaluation data)")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the Ray tests last: after Ray has started gRPC threads in this process, forking it
+    (our extraction pools fork) can crash the parent in gRPC's fork handlers (seen in CI)."""
+    items.sort(key=lambda item: item.module.__name__ == "test_distributed")

@@ -29,9 +29,9 @@ SMALL = {"features": "sift", "clusters": 8, "codebook_images": 8, "seed": 5}
 RAY_NAMES = ("raylet", "gcs_server", "ray::", "ray/_private", "ray/dashboard", "default_worker.py")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # once: only this module uses Ray (conftest runs it last)
 def ray_session():
-    """One local Ray instance for every test of the session; fractional-CPU actors run on it."""
+    """One local Ray instance for the Ray tests; fractional-CPU actors run on it."""
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
