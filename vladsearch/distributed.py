@@ -35,7 +35,7 @@ import numpy as np
 from vladsearch import catalog, compaction, segments, writer
 from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample, PendingDescriptors
 from vladsearch.encoder import BuildParams, Encoder
-from vladsearch.extraction import ExtractedImage, WorkerEncoding, extract_images, single_blas_thread
+from vladsearch.extraction import ExtractedImage, WorkerEncoding, extract_images, keep_freed_memory, single_blas_thread
 from vladsearch.features import Features, extractor_class
 from vladsearch.images import IMAGE_EXTENSIONS, is_image_file, list_images
 from vladsearch.progress import progress_bar
@@ -194,6 +194,7 @@ class FeatureExtractor:
         import cv2
 
         cv2.setNumThreads(1)  # one image per actor at a time, as in the local pool's workers
+        keep_freed_memory()   # and the same malloc settings (extraction.keep_freed_memory)
         self.encoder = Encoder(BuildParams.from_dict(params), feature_config, weights)
         if blobs is not None:
             self.encoder.load_blobs(blobs["codebook.npy"], pca=blobs.get("pca.npz"), coarse=blobs.get("coarse.npz"),
