@@ -150,9 +150,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from vladsearch.server.cli import add_cli as add_serve
 
     add_serve(commands)
-    from vladsearch import duplicates, pairs
+    from vladsearch import duplicates_report, pairs
 
-    duplicates.add_cli(commands)
+    duplicates_report.add_cli(commands)
     pairs.add_cli(commands)
     return parser
 

@@ -37,12 +37,11 @@ from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorS
 from vladsearch.encoder import BuildParams, Encoder
 from vladsearch.extraction import ExtractedImage, WorkerEncoding, extract_images, keep_freed_memory, single_blas_thread
 from vladsearch.features import Features, extractor_class
-from vladsearch.images import IMAGE_EXTENSIONS, is_image_file, list_images
+from vladsearch.images import IMAGE_EXTENSIONS, collect_inputs, expand_inputs
 from vladsearch.progress import progress_bar
 from vladsearch.snapshot import TEMPLATE_BLOB
 
 RAY_INSTALL = 'pip install "vladsearch[ray]"'
-LIST_SUFFIXES = (".txt", ".lst")
 # CPUs each actor reserves, per CPU it runs on. Less than 1 leaves room for Ray Data's own
 # tasks: a pool of one-CPU actors filling every CPU deadlocks (ray issue #44687).
 ACTOR_CPU_SHARE = 0.5
@@ -64,49 +63,6 @@ def import_ray():
 
 
 # --- inputs ---------------------------------------------------------------------------------
-def read_image_list(list_file: Path) -> list[Path]:
-    """Paths listed one per line in a text file (blank lines and # comments skipped).
-
-    Relative entries are relative to the list's folder; every path comes back absolute.
-    """
-    base = Path(os.path.abspath(list_file)).parent
-    paths = []
-    for line in Path(list_file).read_text(encoding="utf-8").splitlines():
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        if "://" in entry:
-            raise ValueError(f"{list_file}: {entry!r} is a URI; list paths that every worker can read "
-                             "(mount the bucket at the same path on every node, see docs/RAY.md)")
-        paths.append(Path(os.path.abspath(base / entry)))
-    return paths
-
-
-def is_image_list(source: str | os.PathLike) -> bool:
-    path = Path(source)
-    return path.is_file() and path.suffix.lower() in LIST_SUFFIXES and not is_image_file(path)
-
-
-def collect_inputs(source: str | os.PathLike) -> tuple[Path, list[Path]]:
-    """(root, image paths) for a folder, an image file, or a text file listing images.
-
-    A list's root is the deepest folder holding every listed file (indexed names are
-    relative to it, as they are to a folder).
-    """
-    if is_image_list(source):
-        paths = read_image_list(Path(source))
-        if not paths:
-            raise ValueError(f"{source} lists no images (one path per line)")
-        return Path(os.path.commonpath([str(p.parent) for p in paths])), paths
-    root = Path(os.path.abspath(source))
-    return root, list_images(root)
-
-
-def expand_inputs(source: str | os.PathLike) -> list[Path]:
-    """The image files of a folder, an image, or a list file (`add`)."""
-    return read_image_list(Path(source)) if is_image_list(source) else list_images(source)
-
-
 # --- the cluster -----------------------------------------------------------------------------
 @contextlib.contextmanager
 def cluster(address: str | None = None) -> Iterator[Any]:

@@ -27,12 +27,9 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -339,62 +336,3 @@ def _with_exact_copies(components: list[list[int]], exact: dict[int, list[int]],
         groups.append(DuplicateGroup(ids, ids[0], pairs))
     groups.sort(key=lambda g: (-len(g.ids), rows[g.keep]["path"]))
     return groups
-
-
-# --- command line ----------------------------------------------------------------------------
-def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the `duplicates` subcommand on an argparse subparsers object; returns its parser."""
-    parser = subparsers.add_parser(
-        "duplicates", help="find every group of near-duplicate images in an index",
-        description="Group the indexed images that are copies of each other (exact, rescaled, cropped, rotated, "
-                    "mirrored, captioned, recoloured) and suggest which one to keep in each group (highest "
-                    "resolution, then largest file, then oldest). Nothing is deleted.")
-    parser.add_argument("index", metavar="INDEX")
-    output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print the groups as JSON")
-    output.add_argument("--csv", action="store_true", help="print one line per image: group, path, keep, size")
-    parser.add_argument("--html", metavar="REPORT.html", help="also write a one-page report with thumbnails")
-    parser.add_argument("--neighbors", type=int, default=DEFAULT_NEIGHBORS, metavar="K",
-                        help=f"nearest images of each image that are verified (default {DEFAULT_NEIGHBORS})")
-    parser.add_argument("--min-inliers", type=int, default=DEFAULT_MIN_INLIERS, metavar="N",
-                        help=f"homography inliers for a verified pair (default {DEFAULT_MIN_INLIERS})")
-    parser.add_argument("--min-similarity", type=float, default=DEFAULT_MIN_SIMILARITY, metavar="S",
-                        help=f"skip neighbours whose VLAD similarity is below S (default {DEFAULT_MIN_SIMILARITY})")
-    parser.add_argument("--screen", type=int, default=DEFAULT_SCREEN_KEYPOINTS, metavar="N",
-                        help=f"first match only the N strongest features of each image; pairs under "
-                             f"--screen-inliers there are rejected (default {DEFAULT_SCREEN_KEYPOINTS}; 0: off)")
-    parser.add_argument("--screen-inliers", type=int, default=DEFAULT_SCREEN_INLIERS, metavar="M",
-                        help=f"inliers the first pass needs (default {DEFAULT_SCREEN_INLIERS})")
-    parser.add_argument("--grouping", choices=GROUPINGS, default="keep",
-                        help="keep: every member verified against the kept image (default); "
-                             "components: connected components of verified pairs")
-    parser.add_argument("--no-mirror", action="store_true", help="do not verify mirrored copies (SIFT)")
-    parser.add_argument("--nprobe", type=int, default=None, help="IVF indexes: lists to visit per query")
-    parser.add_argument("--root", metavar="PHOTOS_DIR", help="where the indexed photos are now")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run_cli)
-    return parser
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    from vladsearch.duplicates_report import report_to_csv, report_to_json, report_to_table, write_html
-    from vladsearch.index import Index
-
-    index = Index.open(args.index, root=args.root)
-    report = find_duplicates(index, neighbors=args.neighbors, min_inliers=args.min_inliers,
-                             min_similarity=args.min_similarity, grouping=args.grouping,
-                             mirror=False if args.no_mirror else None, workers=args.workers,
-                             progress=not args.quiet and not args.json and not args.csv, nprobe=args.nprobe,
-                             screen=args.screen, screen_inliers=args.screen_inliers)
-    if args.html:
-        write_html(report, Path(args.html), index.root)
-    if args.json:
-        print(report_to_json(report))
-    elif args.csv:
-        sys.stdout.write(report_to_csv(report))
-    else:
-        print(report_to_table(report))
-        if args.html:
-            print(f"wrote {args.html}")
-    return 0

@@ -1,4 +1,4 @@
-"""What `vladsearch duplicates` prints: JSON, CSV, a table, and a self-contained HTML page.
+"""The `vladsearch duplicates` verb: its command line and what it prints (JSON, CSV, a table, a self-contained HTML page).
 
 Paths are the indexed names, as `search` prints them. The HTML report is one file (thumbnails
 are small base64 JPEGs inside it) that a person reads to decide what to delete: one card per
@@ -8,19 +8,30 @@ verification that links it to the kept image.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import csv
 import html
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from vladsearch.duplicates import DuplicateReport
+from vladsearch.duplicates import (
+    DEFAULT_MIN_INLIERS,
+    DEFAULT_MIN_SIMILARITY,
+    DEFAULT_NEIGHBORS,
+    DEFAULT_SCREEN_INLIERS,
+    DEFAULT_SCREEN_KEYPOINTS,
+    GROUPINGS,
+    DuplicateReport,
+    find_duplicates,
+)
 
 THUMBNAIL_SIDE = 160
 
@@ -161,3 +172,61 @@ def write_html(report: DuplicateReport, path: Path, root: Path) -> Path:
     path = Path(path)
     path.write_text(render_html(report, Path(root)), encoding="utf-8")
     return path
+
+
+# --- command line ----------------------------------------------------------------------------
+def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the `duplicates` subcommand on an argparse subparsers object; returns its parser."""
+    parser = subparsers.add_parser(
+        "duplicates", help="find every group of near-duplicate images in an index",
+        description="Group the indexed images that are copies of each other (exact, rescaled, cropped, rotated, "
+                    "mirrored, captioned, recoloured) and suggest which one to keep in each group (highest "
+                    "resolution, then largest file, then oldest). Nothing is deleted.")
+    parser.add_argument("index", metavar="INDEX")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the groups as JSON")
+    output.add_argument("--csv", action="store_true", help="print one line per image: group, path, keep, size")
+    parser.add_argument("--html", metavar="REPORT.html", help="also write a one-page report with thumbnails")
+    parser.add_argument("--neighbors", type=int, default=DEFAULT_NEIGHBORS, metavar="K",
+                        help=f"nearest images of each image that are verified (default {DEFAULT_NEIGHBORS})")
+    parser.add_argument("--min-inliers", type=int, default=DEFAULT_MIN_INLIERS, metavar="N",
+                        help=f"homography inliers for a verified pair (default {DEFAULT_MIN_INLIERS})")
+    parser.add_argument("--min-similarity", type=float, default=DEFAULT_MIN_SIMILARITY, metavar="S",
+                        help=f"skip neighbours whose VLAD similarity is below S (default {DEFAULT_MIN_SIMILARITY})")
+    parser.add_argument("--screen", type=int, default=DEFAULT_SCREEN_KEYPOINTS, metavar="N",
+                        help=f"first match only the N strongest features of each image; pairs under "
+                             f"--screen-inliers there are rejected (default {DEFAULT_SCREEN_KEYPOINTS}; 0: off)")
+    parser.add_argument("--screen-inliers", type=int, default=DEFAULT_SCREEN_INLIERS, metavar="M",
+                        help=f"inliers the first pass needs (default {DEFAULT_SCREEN_INLIERS})")
+    parser.add_argument("--grouping", choices=GROUPINGS, default="keep",
+                        help="keep: every member verified against the kept image (default); "
+                             "components: connected components of verified pairs")
+    parser.add_argument("--no-mirror", action="store_true", help="do not verify mirrored copies (SIFT)")
+    parser.add_argument("--nprobe", type=int, default=None, help="IVF indexes: lists to visit per query")
+    parser.add_argument("--root", metavar="PHOTOS_DIR", help="where the indexed photos are now")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run_cli)
+    return parser
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from vladsearch.index import Index
+
+    index = Index.open(args.index, root=args.root)
+    report = find_duplicates(index, neighbors=args.neighbors, min_inliers=args.min_inliers,
+                             min_similarity=args.min_similarity, grouping=args.grouping,
+                             mirror=False if args.no_mirror else None, workers=args.workers,
+                             progress=not args.quiet and not args.json and not args.csv, nprobe=args.nprobe,
+                             screen=args.screen, screen_inliers=args.screen_inliers)
+    if args.html:
+        write_html(report, Path(args.html), index.root)
+    if args.json:
+        print(report_to_json(report))
+    elif args.csv:
+        sys.stdout.write(report_to_csv(report))
+    else:
+        print(report_to_table(report))
+        if args.html:
+            print(f"wrote {args.html}")
+    return 0

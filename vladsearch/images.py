@@ -266,3 +266,50 @@ def load_image(path: str | os.PathLike, max_side: int | None = 1024,
         raise ImageError(f"cannot read file ({exc.strerror})") from None
     gray, scale, size = decode_gray(data, max_side, max_pixels)
     return LoadedImage(gray, scale, size, stat.st_size, stat.st_mtime, hashlib.sha1(data).hexdigest())
+
+
+# --- lists of images (a folder, an image, or a text file naming them) --------------------
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+def read_image_list(list_file: Path) -> list[Path]:
+    """Paths listed one per line in a text file (blank lines and # comments skipped).
+
+    Relative entries are relative to the list's folder; every path comes back absolute.
+    """
+    base = Path(os.path.abspath(list_file)).parent
+    paths = []
+    for line in Path(list_file).read_text(encoding="utf-8").splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if "://" in entry:
+            raise ValueError(f"{list_file}: {entry!r} is a URI; list paths that every worker can read "
+                             "(mount the bucket at the same path on every node, see docs/RAY.md)")
+        paths.append(Path(os.path.abspath(base / entry)))
+    return paths
+
+
+def is_image_list(source: str | os.PathLike) -> bool:
+    path = Path(source)
+    return path.is_file() and path.suffix.lower() in LIST_SUFFIXES and not is_image_file(path)
+
+
+def collect_inputs(source: str | os.PathLike) -> tuple[Path, list[Path]]:
+    """(root, image paths) for a folder, an image file, or a text file listing images.
+
+    A list's root is the deepest folder holding every listed file (indexed names are
+    relative to it, as they are to a folder).
+    """
+    if is_image_list(source):
+        paths = read_image_list(Path(source))
+        if not paths:
+            raise ValueError(f"{source} lists no images (one path per line)")
+        return Path(os.path.commonpath([str(p.parent) for p in paths])), paths
+    root = Path(os.path.abspath(source))
+    return root, list_images(root)
+
+
+def expand_inputs(source: str | os.PathLike) -> list[Path]:
+    """The image files of a folder, an image, or a list file (`add`)."""
+    return read_image_list(Path(source)) if is_image_list(source) else list_images(source)

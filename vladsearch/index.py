@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from vladsearch import catalog, compaction, legacy, search, segments, writer
-from vladsearch.distributed import collect_inputs, expand_inputs
 from vladsearch.encoder import BuildParams, Encoder
 from vladsearch.features import extractor_class
-from vladsearch.images import IMAGE_EXTENSIONS
+from vladsearch.images import IMAGE_EXTENSIONS, collect_inputs, expand_inputs
 from vladsearch.results import SearchResult
 from vladsearch.snapshot import TEMPLATE_BLOB, Snapshot
 from vladsearch.writer import Report
