@@ -195,7 +195,10 @@ def collect_garbage(index_dir: Path, db) -> int:
     removed = 0
     staging = index_dir / STAGING_DIR
     for lock in staging.glob("*.lock") if staging.is_dir() else []:
-        fd = os.open(lock, os.O_RDWR)
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:  # its writer finished between the listing and here
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
