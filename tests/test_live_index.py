@@ -299,3 +299,15 @@ def test_a_long_lived_reader_skips_images_removed_after_its_snapshot(base, tmp_p
     assert matches and all(m.image != "img_1_005.jpg" for m in matches)
     reader.refresh()
     assert reader.backend.ntotal == 23
+
+
+def test_a_failed_first_build_leaves_no_directory_and_bad_settings_fail_at_once(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.jpg").write_text("not an image")
+    result = cli("build", str(tmp_path / "bad"), "--index", str(tmp_path / "b.vlad"), "-q", check=False)
+    assert result.returncode == 2 and "could be read" in result.stderr
+    assert not (tmp_path / "b.vlad").exists()
+    make_images(tmp_path / "good", 3, seed=12)
+    result = cli("build", str(tmp_path / "good"), "--index", str(tmp_path / "g.vlad"), "--keep-features",
+                 "--feature-codes", "XYZ", check=False)
+    assert result.returncode == 2 and "PQ32x7" in result.stderr and not (tmp_path / "g.vlad").exists()

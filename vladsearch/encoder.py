@@ -45,6 +45,17 @@ class BuildParams:
     vector_dtype: str = "float32"     # how segments store vectors ("float16" halves the disk)
     feature_codes: str = ""           # "": cached descriptors in float16; "PQ32x7": 28-byte codes (quantizer.py)
 
+    def __post_init__(self) -> None:
+        """Reject malformed settings before any image is read."""
+        from vladsearch.quantizer import CodeSpec, check_feature_codes
+
+        if self.codes:
+            CodeSpec.parse(self.codes)
+        if self.feature_codes:
+            check_feature_codes(self.feature_codes)
+        if self.vector_dtype not in ("float32", "float16"):
+            raise ValueError(f"vector_dtype must be float32 or float16, got {self.vector_dtype!r}")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BuildParams:
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})

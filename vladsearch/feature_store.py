@@ -18,10 +18,9 @@ Disk cost per image: keypoints · (2·4 + dim·2) bytes, e.g. 1024 SIFT keypoint
 A million images at 1024 SIFT keypoints: ≈ 252 GiB — cap keypoints lower for large
 collections (reranking needs a few hundred strong ones).
 
-Crash safety: rows are only appended. The index manifest records the committed row
-count after `flush()`; after a crash, reopen with mode "a" and `truncate(committed)`
-to drop rows written after the last commit (the two files may even have different
-lengths: only rows complete in both count).
+Crash safety: each index segment has its own store, written before its commit and never
+changed after (segments.py); `committed_rows` and `truncate` serve a store whose caller
+records its committed row count elsewhere (format 1 indexes kept it in their manifest).
 """
 
 from __future__ import annotations
@@ -268,83 +267,3 @@ class FeatureStore:
 
     def __len__(self) -> int:
         return self._rows
-
-
-class IndexFeatureCache:
-    """The feature store of one index: its directory name, its rows, where it lives.
-
-    A new cache starts in a temporary directory and moves into the index directory on
-    the first save (`place_in`); the manifest records `manifest_entry()`, whose row
-    count is what `open` trusts after a crash.
-    """
-
-    PREFIX = "features-"
-
-    def __init__(self, store: FeatureStore, name: str, max_keypoints: int) -> None:
-        self.store = store
-        self.name = name
-        self.max_keypoints = max_keypoints
-
-    @classmethod
-    def new(cls, dim: int, max_keypoints: int) -> IndexFeatureCache:
-        import tempfile
-        import uuid
-
-        name = f"{cls.PREFIX}{uuid.uuid4().hex[:12]}"
-        directory = Path(tempfile.mkdtemp(prefix="vladsearch-")) / name
-        return cls(FeatureStore(directory, dim, mode="a"), name, max_keypoints)
-
-    @classmethod
-    def open(cls, index_dir: Path, entry: dict) -> IndexFeatureCache:
-        store = FeatureStore(Path(index_dir) / entry["dir"], entry["dim"], mode="r", committed_rows=entry["rows"])
-        return cls(store, entry["dir"], entry["max_keypoints"])
-
-    @property
-    def committed_rows(self) -> int:
-        return self.store.committed_rows
-
-    def append(self, features: Features) -> tuple[int, int]:
-        """Cache one image's strongest features; returns its (offset, count)."""
-        if self.store.mode != "a":
-            # Rows past the committed count were appended by a process that died before saving.
-            rows = self.store.committed_rows
-            self.store.close()
-            self.store = FeatureStore(self.store.directory, self.store.dim, mode="a", committed_rows=rows)
-        return self.store.append(features, max_keypoints=self.max_keypoints)
-
-    def get(self, offset: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.store.get(offset, count)
-
-    def place_in(self, index_dir: Path) -> None:
-        """Flush, and move (from a temporary directory) or copy the cache into `index_dir`."""
-        import shutil
-        import tempfile
-
-        self.store.flush()
-        target = Path(index_dir) / self.name
-        source = self.store.directory
-        if source.resolve() == target.resolve():
-            return
-        rows, mode, dim = self.store.committed_rows, self.store.mode, self.store.dim
-        self.store.close()
-        if target.exists():
-            shutil.rmtree(target)
-        if source.parent.name.startswith("vladsearch-") and source.parent.parent == Path(tempfile.gettempdir()):
-            shutil.move(str(source), target)
-            shutil.rmtree(source.parent, ignore_errors=True)
-        else:  # an opened index saved under another name: leave the original alone
-            shutil.copytree(source, target)
-        self.store = FeatureStore(target, dim, mode=mode, committed_rows=rows)
-
-    def manifest_entry(self) -> dict:
-        return {"dir": self.name, "rows": self.store.committed_rows, "dim": self.store.dim,
-                "max_keypoints": self.max_keypoints}
-
-    @classmethod
-    def remove_stale(cls, index_dir: Path, keep: str | None) -> None:
-        """Delete feature caches of earlier builds that the manifest no longer names."""
-        import shutil
-
-        for stale in Path(index_dir).glob(f"{cls.PREFIX}*"):
-            if stale.name != keep:
-                shutil.rmtree(stale, ignore_errors=True)

@@ -57,27 +57,32 @@ class Index:
         index: where the index lives (None: a temporary directory — call `save`); an
         existing index there is replaced only with force=True.
         """
-        extractor_class(features)  # unknown names fail before any work
-        root = Path(os.path.abspath(images))
-        temporary = index is None
-        index_dir = Path(tempfile.mkdtemp(prefix="vladsearch-index-")) if temporary else Path(index)
-        writer.prepare_directory(index_dir, force)
+        extractor_class(features)  # unknown names and bad parameters fail before any work
+        build_params = BuildParams(features=features, clusters=clusters, **params)
         root, paths = collect_inputs(images)  # a folder, or a text file listing images
         if not paths:
             raise ValueError(f"no images found in {images} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        encoder = Encoder(BuildParams(features=features, clusters=clusters, **params), weights=weights)
-        encoder.extractor()
+        temporary = index is None
+        index_dir = Path(tempfile.mkdtemp(prefix="vladsearch-index-")) if temporary else Path(index)
+        created = temporary or not index_dir.exists()
+        writer.prepare_directory(index_dir, force)
         report = Report()
         names = {str(p): _relative(p, root) for p in paths}
         try:
+            encoder = Encoder(build_params, weights=weights)
+            encoder.extractor()
             with segments.Staging(index_dir) as staging:
                 out = writer.SegmentStream(staging, encoder, lambda p: names[str(p)], report)
                 template, timings = writer.train_and_stream(paths, encoder, out, workers, progress)
                 meta = {**writer.build_meta(encoder, index_dir, root), "timings": timings, "next_id": 0}
                 writer.commit(index_dir, out.staged, out.rows, report, "build",
                               replace={"meta": meta, "blobs": {**encoder.blobs(), TEMPLATE_BLOB: template}})
-        except OSError as exc:
-            raise writer.disk_error(index_dir, exc) from None
+        except BaseException as exc:
+            if created:  # a failed first build leaves no half index behind
+                shutil.rmtree(index_dir, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise writer.disk_error(index_dir, exc) from None
+            raise
         built = cls(index_dir, encoder, meta, root)
         built.report, built.timings = report, timings
         if temporary:

@@ -197,6 +197,13 @@ def train_codes(encoder, staged: list) -> CoarseCodes:
     return coder
 
 
+def check_feature_codes(spec: str) -> re.Match:
+    match = re.fullmatch(r"PQ(\d+)(?:x(\d+))?", spec)
+    if not match or not 1 <= int(match[2] or 8) <= 16:
+        raise ValueError(f"feature codes must look like 'PQ32x7' (sub-quantisers x bits ≤ 16), got {spec!r}")
+    return match
+
+
 class DescriptorCodes:
     """Product-quantised local descriptors for a compact feature cache (`--feature-codes PQ32x7`).
 
@@ -215,9 +222,7 @@ class DescriptorCodes:
 
     @classmethod
     def parse(cls, spec: str, dim: int, seed: int = 0) -> DescriptorCodes:
-        match = re.fullmatch(r"PQ(\d+)(?:x(\d+))?", spec)
-        if not match:
-            raise ValueError(f"feature codes must look like 'PQ32x7' (sub-quantisers x bits), got {spec!r}")
+        match = check_feature_codes(spec)
         return cls(dim, int(match[1]), int(match[2] or 8), seed)
 
     @property
