@@ -195,3 +195,48 @@ def test_screening_rejects_unrelated_pairs_and_keeps_copies():
     unrelated = verify_pair(features(photo("coffee")), features(photo("chelsea")), mirror=True, screen=256,
                             screen_inliers=8)
     assert unrelated[0] < 8 and unrelated[2:] == (0.0, 0.0)  # rejected by the first pass
+
+
+def test_temporary_ivf_search_finds_what_the_exact_index_finds(collection):
+    """Above `exact_limit` images an exact index is searched through a temporary IVF of 256-d
+    projections; forced here on a small collection, it must give the same groups."""
+    from vladsearch import catalog
+    from vladsearch.collection_knn import CollectionSearch
+    from vladsearch.duplicates import find_duplicates
+    from vladsearch.index import Index
+
+    index = Index.open(collection[0])
+    rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table)}
+    ids = np.array(sorted(int(i) for i in index.snapshot.loaded_ids), np.int64)
+    exact, approximate = CollectionSearch(index, rows), CollectionSearch(index, rows, exact_limit=0)
+    assert not exact.approximate and approximate.approximate
+    _, I_exact = exact.search(exact.vectors(ids), 3)
+    D, I = approximate.search(approximate.vectors(ids), 3)
+    # each image finds itself first (or its byte-identical copy, tied with it)
+    assert all(i in found[:2] for i, found in zip(ids, I)) and np.allclose(D[:, 0], 1.0, atol=0.05)
+    overlap = np.mean([len(set(a) & set(b)) / 3 for a, b in zip(I_exact, I)])
+    assert overlap >= 0.9
+    groups = {tuple(g.ids) for g in find_duplicates(index, workers=2).groups}
+    assert {tuple(g.ids) for g in find_duplicates(index, workers=2, exact_limit=0).groups} == groups
+
+
+def test_skipping_hopeless_fits_keeps_every_verdict(collection):
+    """counts=False (duplicates) fits no model to a side with fewer tentative matches than the
+    inliers it needs: the verdict (copy or not) is the same as with every fit done."""
+    from vladsearch import catalog
+    from vladsearch.index import Index
+    from vladsearch.pair_verification import verify_pairs
+
+    index = Index.open(collection[0])
+    rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table)}
+    ids = sorted(rows)
+    pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]]
+
+    def features(image_id):
+        return index.snapshot.cached_features(rows[image_id])
+
+    full = verify_pairs(pairs, features, workers=1, mirror=True, screen=256, screen_inliers=8)
+    quick = verify_pairs(pairs, features, workers=1, mirror=True, screen=256, screen_inliers=8, counts=False)
+    assert [v.inliers >= 15 for v in full] == [v.inliers >= 15 for v in quick]
+    assert sum(v.inliers >= 15 for v in full) >= 20
+    assert [v for v in full if v.inliers >= 15] == [v for v in quick if v.inliers >= 15]

@@ -27,6 +27,9 @@
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import os
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vladsearch import catalog, segments
+from vladsearch import catalog
+from vladsearch.collection_knn import CollectionSearch
 from vladsearch.pair_verification import PairVerdict, verify_pairs
 from vladsearch.progress import progress_bar
 from vladsearch.rerank import DEFAULT_MIN_INLIERS
@@ -113,73 +117,100 @@ def exact_groups(rows: list[dict[str, Any]]) -> dict[int, list[int]]:
 
 
 # --- 2. candidate pairs ------------------------------------------------------------------
-def vectors_by_id(index: Index, rows: dict[int, dict[str, Any]], ids: np.ndarray) -> np.ndarray:
-    """Stored vectors of `ids` (len × dim float32), read from the segment files (exact for any factory)."""
-    snapshot = index.snapshot
-    try:
-        out = np.empty((len(ids), index.encoder.dim), np.float32)
-        counts = {s["name"]: s["vectors"] for s in catalog.live_segments(snapshot.table)}
-        by_segment: dict[str, list[int]] = defaultdict(list)
-        for position, image_id in enumerate(ids):
-            by_segment[rows[int(image_id)]["segment"]].append(position)
-        for name, positions in by_segment.items():
-            mapped = segments.open_vectors(snapshot.index_dir, name, index.encoder.dim, counts[name])
-            out[positions] = mapped[[rows[int(ids[p])]["row"] for p in positions]]
-        return out
-    except (KeyError, TypeError, OSError, catalog.IndexDamagedError):
-        return index.vectors_of([int(i) for i in ids])  # e.g. a format 1 index
-
-
-def mirrored_vectors(index: Index, source: FeatureSource, ids: np.ndarray) -> np.ndarray:
+def mirrored_vectors(index: Index, source: FeatureSource, ids: np.ndarray, workers: int | None = None) -> np.ndarray:
     """VLAD vectors of the mirrored images (SIFT descriptors permuted as a flip permutes them).
 
     A flipped copy's VLAD is unrelated to its source's (cosine ≈ 0), so the kNN search also
     runs with these vectors; the local features come from the cache (or are re-extracted).
+    Encoding costs ≈ 1.5 ms an image at 1,000 keypoints, so blocks run on all cores.
     """
+    source.load({int(i) for i in ids})
+    workers = workers or len(os.sched_getaffinity(0))
+    job = functools.partial(_mirrored_chunk, index.encoder, source)
+    if workers == 1 or len(ids) < MIRROR_CHUNK:
+        return job(ids)
+    chunks = [ids[i:i + MIRROR_CHUNK] for i in range(0, len(ids), MIRROR_CHUNK)]
+    global _mirror_job
+    _mirror_job = job  # inherited by the forked workers, not pickled
+    try:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(chunks)), initializer=_one_blas_thread) as pool:
+            return np.concatenate(pool.map(_run_mirror_job, chunks))
+    finally:
+        _mirror_job = None
+
+
+MIRROR_CHUNK = 128
+_mirror_job = None
+
+
+def _run_mirror_job(ids: np.ndarray) -> np.ndarray:
+    return _mirror_job(ids)
+
+
+def _one_blas_thread() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+
+
+def _mirrored_chunk(encoder, source: FeatureSource, ids: np.ndarray) -> np.ndarray:
     from vladsearch.rerank import mirror_sift_descriptors
 
-    source.load({int(i) for i in ids})
-    empty = np.zeros((0, index.encoder.feature_dim), np.float32)
+    empty = np.zeros((0, encoder.feature_dim), np.float32)
     descriptors = []
     for image_id in ids:
         found = source(int(image_id))
         descriptors.append(mirror_sift_descriptors(found[1]) if found is not None and len(found[1]) else empty)
-    return index.encoder.encode(descriptors)
+    return encoder.encode(descriptors)
 
 
-def candidate_blocks(index: Index, query_ids: np.ndarray, rows: dict[int, dict[str, Any]], neighbors: int,
+@dataclass
+class CandidateBlock:
+    """One block's new candidate pairs: {(a, b), a < b: VLAD similarity} and, per pair, which
+    sides proposed it (the `mirror` argument of `verify_pair`: False plain, "mirrored", True both)."""
+
+    scores: dict[tuple[int, int], float]
+    hints: dict[tuple[int, int], bool | str]
+
+
+def candidate_blocks(index: Index, query_ids: np.ndarray, searcher: CollectionSearch, neighbors: int,
                      min_similarity: float, representative: dict[int, int], block: int = QUERY_BLOCK,
-                     nprobe: int | None = None, mirror_source: FeatureSource | None = None,
-                     ) -> Iterator[dict[tuple[int, int], float]]:
-    """Per block of queries: {(a, b) with a < b: VLAD similarity} of pairs not seen in earlier blocks.
+                     mirror_source: FeatureSource | None = None) -> Iterator[CandidateBlock]:
+    """Per block of queries, the candidate pairs (and sides) not proposed by earlier blocks.
 
     representative: id -> the id standing for its exact copies (queries are representatives);
-    mirror_source: also take each query's `neighbors` nearest to its mirrored vector.
+    mirror_source: also take each query's `neighbors` nearest to its mirrored vector. A pair
+    proposed again from a side not tried before comes again with that side only.
     """
     extra = max((sum(1 for v in representative.values() if v == r) for r in set(representative.values())),
                 default=1)
     k = min(len(index.snapshot.loaded_ids), neighbors + extra)
-    seen: set[tuple[int, int]] = set()
+    tried: dict[tuple[int, int], set[bool]] = {}
     for start in range(0, len(query_ids), block):
         ids = query_ids[start:start + block]
-        D, I = index.search_vectors(vectors_by_id(index, rows, ids), k, nprobe)
-        results = list(zip(ids, D, I))
+        D, I = searcher.search(searcher.vectors(ids), k)
+        results = [(False, a, d, i) for a, d, i in zip(ids, D, I)]
         if mirror_source is not None:
-            Dm, Im = index.search_vectors(mirrored_vectors(index, mirror_source, ids), k, nprobe)
-            results += list(zip(ids, Dm, Im))
-        pairs: dict[tuple[int, int], float] = {}
-        for a, scores, found in results:
+            Dm, Im = searcher.search(mirrored_vectors(index, mirror_source, ids, mirror_source.workers), k)
+            results += [(True, a, d, i) for a, d, i in zip(ids, Dm, Im)]
+        scores: dict[tuple[int, int], float] = {}
+        sides: dict[tuple[int, int], set[bool]] = defaultdict(set)
+        for flipped, a, found_scores, found in results:
             taken = 0
-            for score, b in zip(scores, found):
+            for score, b in zip(found_scores, found):
                 b = representative.get(int(b), int(b))
                 if b < 0 or b == a or taken >= neighbors:
                     continue
                 taken += 1
                 pair = (min(int(a), b), max(int(a), b))
-                if score >= min_similarity and pair not in seen:
-                    pairs[pair] = max(float(score), pairs.get(pair, -1.0))  # plain or mirrored query
-        seen.update(pairs)
-        yield pairs
+                if score >= min_similarity and flipped not in tried.get(pair, ()):
+                    scores[pair] = max(float(score), scores.get(pair, -1.0))  # plain or mirrored query
+                    sides[pair].add(flipped)
+        hints: dict[tuple[int, int], bool | str] = {}
+        for pair, new in sides.items():
+            tried.setdefault(pair, set()).update(new)
+            hints[pair] = True if len(new) == 2 else ("mirrored" if True in new else False)
+        yield CandidateBlock(scores, hints)
 
 
 # --- 3. verification -----------------------------------------------------------------------
@@ -195,7 +226,7 @@ class FeatureSource:
         from vladsearch.search import database_features
 
         snapshot = self.index.snapshot
-        missing = [i for i in ids if snapshot.cached_features(self.rows[i]) is None]
+        missing = [i for i in ids if not snapshot.has_cached_features(self.rows[i])]
         self.extracted = {i: f for i, f in self.extracted.items() if i in ids}
         wanted = [i for i in missing if i not in self.extracted]
         if wanted:
@@ -209,10 +240,11 @@ class FeatureSource:
 
 
 def _verify(pairs: list[tuple[int, int]], source: FeatureSource, workers: int | None, mirror: bool,
-            min_inliers: int, screen: tuple[int, int] = (0, 0)) -> list[PairVerdict]:
+            min_inliers: int, screen: tuple[int, int] = (0, 0),
+            hints: dict[tuple[int, int], bool | str] | None = None) -> list[PairVerdict]:
     source.load({i for pair in pairs for i in pair})
     return verify_pairs(pairs, source, workers, mirror=mirror, min_inliers=min_inliers, screen=screen[0],
-                        screen_inliers=screen[1])
+                        screen_inliers=screen[1], hints=hints if mirror else None, counts=False)
 
 
 # --- 4. groups -----------------------------------------------------------------------------
@@ -252,8 +284,8 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
                     min_similarity: float = DEFAULT_MIN_SIMILARITY, min_thickness: float = DEFAULT_MIN_THICKNESS,
                     min_affine: float = DEFAULT_MIN_AFFINE, grouping: str = "keep", mirror: bool | None = None,
                     workers: int | None = None, progress: bool = False, nprobe: int | None = None,
-                    screen: int = DEFAULT_SCREEN_KEYPOINTS,
-                    screen_inliers: int = DEFAULT_SCREEN_INLIERS) -> DuplicateReport:
+                    screen: int = DEFAULT_SCREEN_KEYPOINTS, screen_inliers: int = DEFAULT_SCREEN_INLIERS,
+                    exact_limit: int | None = None) -> DuplicateReport:
     """Every group of near-duplicate images in the index; see the module docstring for the steps."""
     import time
 
@@ -273,16 +305,29 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
     live = snapshot.loaded_ids
     queries = np.array([i for i in live if representative.get(int(i), int(i)) == int(i)], np.int64)
     source = FeatureSource(index, rows, workers)
+    searcher = CollectionSearch(index, rows, nprobe=nprobe, **({} if exact_limit is None else
+                                                               {"exact_limit": exact_limit}))
+    timings["knn_index"] = time.perf_counter() - start
+    # Only verified pairs are kept (memory: a few per duplicate image, not ~16 per image);
+    # the keys of every pair tried are kept as int64s, so that none is verified twice.
     verdicts: dict[tuple[int, int], PairVerdict] = {}
     similarity: dict[tuple[int, int], float] = {}
-    blocks = candidate_blocks(index, queries, rows, neighbors, min_similarity, representative, nprobe=nprobe,
+    tried: list[np.ndarray] = []
+    candidates = 0
+    blocks = candidate_blocks(index, queries, searcher, neighbors, min_similarity, representative,
                               mirror_source=source if mirror else None)
     total = (len(queries) + QUERY_BLOCK - 1) // QUERY_BLOCK
-    for pairs in progress_bar(blocks, total=total, desc="query blocks", enabled=progress):
-        similarity.update(pairs)
-        for verdict in _verify(list(pairs), source, workers, mirror, min_inliers, (screen, screen_inliers)):
-            verdicts[(verdict.a, verdict.b)] = verdict
-    timings["knn_and_verify"] = time.perf_counter() - start
+    for found in progress_bar(blocks, total=total, desc=f"kNN + verification, {QUERY_BLOCK} images a block",
+                              enabled=progress, unit="block"):
+        candidates += len(found.scores)
+        tried.append(pair_keys(found.scores))
+        for verdict in _verify(list(found.scores), source, workers, mirror, min_inliers, (screen, screen_inliers),
+                               found.hints):
+            pair = (verdict.a, verdict.b)
+            if verdict.inliers >= min_inliers and (pair not in verdicts or verdict.inliers > verdicts[pair].inliers):
+                verdicts[pair] = verdict
+                similarity[pair] = max(found.scores[pair], similarity.get(pair, -1.0))
+    timings["knn_and_verify"] = time.perf_counter() - start - timings["knn_index"]
 
     def copies() -> set[tuple[int, int]]:
         return {p for p, v in verdicts.items() if is_copy(v, min_inliers, min_thickness, min_affine)}
@@ -296,28 +341,41 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
             ranked = sorted(component, key=order.__getitem__)
             missing += [(min(ranked[0], n), max(ranked[0], n)) for n in ranked[1:]]
         missing = [p for p in dict.fromkeys(missing) if p not in verdicts]
+        done = np.unique(np.concatenate(tried)) if tried else np.zeros(0, np.int64)
+        missing = [p for p, seen in zip(missing, np.isin(pair_keys(missing), done)) if not seen]
         for verdict in _verify(missing, source, workers, mirror, min_inliers):
-            verdicts[(verdict.a, verdict.b)] = verdict
+            if verdict.inliers >= min_inliers:
+                verdicts[(verdict.a, verdict.b)] = verdict
         edges = copies()
         components = [g for c in components for g in split_around_keep(c, edges, order)]
-    timings["grouping"] = time.perf_counter() - start - timings["knn_and_verify"]
-    missing_sims = [p for p, v in verdicts.items() if p not in similarity]
-    if missing_sims:
-        xa = vectors_by_id(index, rows, np.array([a for a, _ in missing_sims], np.int64))
-        xb = vectors_by_id(index, rows, np.array([b for _, b in missing_sims], np.int64))
-        similarity.update(zip(missing_sims, np.einsum("ij,ij->i", xa, xb).tolist()))
-    groups = _with_exact_copies(components, exact, rows, verdicts, similarity, order, min_inliers,
-                                min_thickness, min_affine)
+    timings["grouping"] = time.perf_counter() - start - timings["knn_and_verify"] - timings["knn_index"]
+    # reported scores: exact VLAD cosines of the pairs that support a group
+    exact_needed = [p for p in copies() if searcher.approximate or p not in similarity]
+    for at in range(0, len(exact_needed), QUERY_BLOCK):
+        chunk = exact_needed[at:at + QUERY_BLOCK]
+        xa = searcher.vectors(np.array([a for a, _ in chunk], np.int64))
+        xb = searcher.vectors(np.array([b for _, b in chunk], np.int64))
+        similarity.update(zip(chunk, np.einsum("ij,ij->i", xa, xb).tolist()))
+    copy_verdicts = {p: v for p, v in verdicts.items() if is_copy(v, min_inliers, min_thickness, min_affine)}
+    groups = _with_exact_copies(components, exact, rows, copy_verdicts, similarity)
     used = {i for g in groups for i in g.ids}
-    return DuplicateReport(groups, {i: rows[i] for i in used}, candidates=len(similarity),
-                           verified=sum(v.inliers >= min_inliers for v in verdicts.values()), timings=timings)
+    return DuplicateReport(groups, {i: rows[i] for i in used}, candidates=candidates, verified=len(verdicts),
+                           timings=timings)
+
+
+def pair_keys(pairs) -> np.ndarray:
+    """(a, b) pairs of image ids -> int64 keys a·2³² + b (ids are SQLite rowids < 2³¹)."""
+    keys = np.fromiter((a for pair in pairs for a in pair), np.int64).reshape(-1, 2)
+    return (keys[:, 0] << 32) | keys[:, 1]
 
 
 def _with_exact_copies(components: list[list[int]], exact: dict[int, list[int]], rows: dict[int, dict[str, Any]],
-                       verdicts: dict[tuple[int, int], PairVerdict], similarity: dict[tuple[int, int], float],
-                       order: dict[int, tuple], min_inliers: int, min_thickness: float,
-                       min_affine: float) -> list[DuplicateGroup]:
+                       copy_verdicts: dict[tuple[int, int], PairVerdict],
+                       similarity: dict[tuple[int, int], float]) -> list[DuplicateGroup]:
     """Final groups: each representative brings its exact copies; the keep image is chosen among all."""
+    by_image: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for pair in copy_verdicts:
+        by_image[pair[0]].append(pair)
     groups = []
     grouped_reps = {i for c in components for i in c}
     singles = [[rep] for rep in exact if rep not in grouped_reps]
@@ -329,10 +387,12 @@ def _with_exact_copies(components: list[list[int]], exact: dict[int, list[int]],
             pairs += [DuplicatePair(rep, other, int(rows[rep].get("keypoints") or 0), 1.0, exact=True)
                       for other in copies if other != rep]
         inside = set(members)
-        for (a, b), verdict in verdicts.items():
-            if a in inside and b in inside and is_copy(verdict, min_inliers, min_thickness, min_affine):
-                pairs.append(DuplicatePair(a, b, verdict.inliers, round(similarity.get((a, b), 0.0), 4),
-                                           mirrored=verdict.mirrored))
+        for rep in members:
+            for a, b in by_image[rep]:
+                if b in inside:
+                    verdict = copy_verdicts[(a, b)]
+                    pairs.append(DuplicatePair(a, b, verdict.inliers, round(similarity.get((a, b), 0.0), 4),
+                                               mirrored=verdict.mirrored))
         groups.append(DuplicateGroup(ids, ids[0], pairs))
     groups.sort(key=lambda g: (-len(g.ids), rows[g.keep]["path"]))
     return groups

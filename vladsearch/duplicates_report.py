@@ -217,7 +217,7 @@ def run_cli(args: argparse.Namespace) -> int:
     report = find_duplicates(index, neighbors=args.neighbors, min_inliers=args.min_inliers,
                              min_similarity=args.min_similarity, grouping=args.grouping,
                              mirror=False if args.no_mirror else None, workers=args.workers,
-                             progress=not args.quiet and not args.json and not args.csv, nprobe=args.nprobe,
+                             progress=not args.quiet, nprobe=args.nprobe,  # bars go to stderr
                              screen=args.screen, screen_inliers=args.screen_inliers)
     if args.html:
         write_html(report, Path(args.html), index.root)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -103,76 +103,104 @@ def _reference_scale(points: np.ndarray) -> float:
     return min(1.0, REFERENCE_SIDE / extent) if extent > 0 else 1.0
 
 
-def _match_once(a: FeaturePair, b: FeaturePair, flipped: bool, model: str) -> tuple[np.ndarray, np.ndarray, int,
-                                                                                    np.ndarray]:
+def _match_once(a: FeaturePair, b: FeaturePair, flipped: bool, model: str,
+                fit_from: int = 0) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """(a's keypoints as matched, matches, inliers, inlier mask); with fewer than `fit_from`
+    tentative matches no model is fitted (0 inliers): it could not reach that many anyway."""
     kps_a, desc_a = mirrored_features(*a) if flipped else a
     matches = match_descriptors(desc_a, b[1])
+    if len(matches) < fit_from:
+        return kps_a, matches, 0, np.zeros(len(matches), bool)
     inliers, mask = verify_matches(kps_a, b[0], matches, model=model)
     return kps_a, matches, inliers, mask
 
 
-def screen_pair(a: FeaturePair, b: FeaturePair, keypoints: int, mirror: bool = False,
-                model: str = "homography") -> tuple[int, bool]:
+def screen_pair(a: FeaturePair, b: FeaturePair, keypoints: int, orientations: Sequence[bool] = (False,),
+                model: str = "homography", fit_from: int = 0) -> tuple[int, bool]:
     """(inliers, mirrored) with only the `keypoints` strongest features of each side (cheap first pass).
 
     Features are stored strongest first (cache and re-extraction alike), so this is a slice.
+    orientations: which of a's sides to try (False: as is, True: mirrored).
     """
     small_a, small_b = (a[0][:keypoints], a[1][:keypoints]), (b[0][:keypoints], b[1][:keypoints])
-    best = (0, False)
-    for flipped in ((False, True) if mirror else (False,)):
-        inliers = _match_once(small_a, small_b, flipped, model)[2]
+    best = (0, orientations[0])
+    for flipped in orientations:
+        inliers = _match_once(small_a, small_b, flipped, model, fit_from)[2]
         if inliers > best[0]:
             best = (inliers, flipped)
     return best
 
 
-def verify_pair(a: FeaturePair, b: FeaturePair, mirror: bool = False, min_inliers: int = DEFAULT_MIN_INLIERS,
-                model: str = "homography", screen: int = 0,
-                screen_inliers: int = 0) -> tuple[int, bool, float, float]:
+def orientations_for(mirror: bool | str) -> tuple[bool, ...]:
+    """a's sides to try: False -> as is; True -> as is, then mirrored; "mirrored" -> mirrored, then as is."""
+    if mirror == "mirrored":
+        return (True, False)
+    return (False, True) if mirror else (False,)
+
+
+def verify_pair(a: FeaturePair, b: FeaturePair, mirror: bool | str = False, min_inliers: int = DEFAULT_MIN_INLIERS,
+                model: str = "homography", screen: int = 0, screen_inliers: int = 0,
+                counts: bool = True) -> tuple[int, bool, float, float]:
     """(inliers, mirrored, band thickness, affine fraction) of one pair of (keypoints N×2, descriptors N×D).
 
     mirror: when the direct match gives fewer than `min_inliers`, match a's mirrored SIFT
-    features too and keep the better one (a homography can hold the reflection).
+    features too and keep the better one (a homography can hold the reflection);
+    "mirrored": the mirrored side first (the pair was proposed by a mirrored VLAD alone; in a
+    large group of copies, a plain copy may be among its mirror's neighbours but not its own).
     screen: first match only the `screen` strongest features of each side; a pair with fewer
-    than `screen_inliers` inliers there (either orientation) is rejected without the full match
+    than `screen_inliers` inliers there (each side tried) is rejected without the full match
     (the full match costs (N / screen)² as much). 0: no screening.
+    The band thickness and affine fraction are computed for pairs that reach `min_inliers`
+    only (0.0 otherwise). counts=False: a side with fewer tentative matches than it needs
+    inliers is not fitted and counts 0 (`duplicates` only needs the verdict; `pairs` ranks
+    by the counts themselves).
     """
-    order = (False, True) if mirror else (False,)
+    order = orientations_for(mirror)
     if screen and screen_inliers and max(len(a[0]), len(b[0])) > screen:
-        inliers, flipped = screen_pair(a, b, screen, mirror, model)
+        inliers, flipped = screen_pair(a, b, screen, order, model, 0 if counts else screen_inliers)
         if inliers < screen_inliers:
             return (inliers, flipped, 0.0, 0.0)
-        order = (flipped, not flipped) if mirror else order
-    best = (0, False, 0.0, 0.0)
+        order = (flipped,) + tuple(o for o in order if o != flipped)
+    best, best_points = (0, order[0]), None
     for flipped in order:
-        if best[0] >= min_inliers:
-            break
-        kps_a, matches, inliers, mask = _match_once(a, b, flipped, model)
+        kps_a, matches, inliers, mask = _match_once(a, b, flipped, model, 0 if counts else min_inliers)
         if inliers > best[0]:
             chosen = matches[mask]
-            pa, pb = kps_a[chosen[:, 0]].astype(np.float64), b[0][chosen[:, 1]].astype(np.float64)
-            thickness = min(band_thickness(pa, kps_a), band_thickness(pb, b[0]))
-            best = (inliers, flipped, thickness, affine_fraction(pa, pb))
-    return best
+            best, best_points = (inliers, flipped), (kps_a, chosen)
+        if best[0] >= min_inliers:
+            break
+    if best_points is None or best[0] < min_inliers:
+        return (*best, 0.0, 0.0)
+    kps_a, chosen = best_points
+    pa, pb = kps_a[chosen[:, 0]].astype(np.float64), b[0][chosen[:, 1]].astype(np.float64)
+    thickness = min(band_thickness(pa, kps_a), band_thickness(pb, b[0]))
+    return (*best, thickness, affine_fraction(pa, pb))
 
 
 # --- the pool ----------------------------------------------------------------------------
 # Set in the parent before the fork; workers inherit them (nothing large is pickled).
 _features_of: Callable[[int], FeaturePair | None] | None = None
-_mirror = False
+_mirror: bool | str = False
+_hints: Mapping[tuple[int, int], bool | str] = {}
 _min_inliers = DEFAULT_MIN_INLIERS
 _model = "homography"
 _screen = (0, 0)
+_counts = True
 
 
 def _verify_chunk(pairs: Sequence[tuple[int, int]]) -> list[PairVerdict]:
     out = []
+    loaded: dict[int, FeaturePair | None] = {}  # a chunk's pairs share images (one query's candidates)
     for a, b in pairs:
-        fa, fb = _features_of(a), _features_of(b)
+        for image_id in (a, b):
+            if image_id not in loaded:
+                loaded[image_id] = _features_of(image_id)
+        fa, fb = loaded[a], loaded[b]
         if fa is None or fb is None or len(fa[0]) == 0 or len(fb[0]) == 0:
             out.append(PairVerdict(a, b, 0))
             continue
-        out.append(PairVerdict(a, b, *verify_pair(fa, fb, _mirror, _min_inliers, _model, *_screen)))
+        out.append(PairVerdict(a, b, *verify_pair(fa, fb, _hints.get((a, b), _mirror), _min_inliers, _model, *_screen,
+                                                counts=_counts)))
     return out
 
 
@@ -184,16 +212,21 @@ def _init_worker() -> None:
 
 def verify_pairs(pairs: Sequence[tuple[int, int]], features_of: Callable[[int], FeaturePair | None],
                  workers: int | None = None, mirror: bool = False, min_inliers: int = DEFAULT_MIN_INLIERS,
-                 model: str = "homography", screen: int = 0, screen_inliers: int = 0) -> list[PairVerdict]:
+                 model: str = "homography", screen: int = 0, screen_inliers: int = 0,
+                 hints: Mapping[tuple[int, int], bool | str] | None = None,
+                 counts: bool = True) -> list[PairVerdict]:
     """Verify every (a, b) pair of image ids, in parallel; results in input order.
 
     features_of(id) -> (keypoints, descriptors) or None (a missing image: 0 inliers). It is
     called inside forked workers, so it may read memory-mapped caches or a dict filled
     before this call. workers: processes (None: all cores; 1: in this process).
     screen, screen_inliers: the cheap first pass of `verify_pair` (0: none).
+    hints: per (a, b), the `mirror` argument of `verify_pair` for that pair (default `mirror`).
+    counts: as in `verify_pair` (False: skip fitting pairs that cannot reach `min_inliers`).
     """
-    global _features_of, _mirror, _min_inliers, _model, _screen
-    _features_of, _mirror, _min_inliers, _model = features_of, mirror, min_inliers, model
+    global _features_of, _mirror, _min_inliers, _model, _screen, _hints, _counts
+    _counts = counts
+    _features_of, _mirror, _min_inliers, _model, _hints = features_of, mirror, min_inliers, model, hints or {}
     _screen = (screen, screen_inliers)
     pairs = [(int(a), int(b)) for a, b in pairs]
     workers = workers or len(os.sched_getaffinity(0))

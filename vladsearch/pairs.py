@@ -53,13 +53,14 @@ def unique_pairs(pairs) -> list[tuple[int, int]]:
 def neighbour_lists(index: Index, ids: np.ndarray, depth: int, nprobe: int | None = None,
                     block: int = QUERY_BLOCK) -> Iterator[list[tuple[int, list[int]]]]:
     """Per block of queries: (query id, its `depth` nearest other images, best first)."""
-    from vladsearch.duplicates import vectors_by_id
+    from vladsearch.collection_knn import CollectionSearch
 
     rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table) if r["segment"] is not None}
+    searcher = CollectionSearch(index, rows, nprobe=nprobe)
     k = min(len(ids), depth + 1)
     for start in range(0, len(ids), block):
         chunk = ids[start:start + block]
-        _, I = index.search_vectors(vectors_by_id(index, rows, chunk), k, nprobe)
+        _, I = searcher.search(searcher.vectors(chunk), k)
         yield [(int(a), [int(b) for b in found if b >= 0 and b != a][:depth]) for a, found in zip(chunk, I)]
 
 

@@ -170,6 +170,10 @@ class Snapshot:
                                       feat_count=None if count < 0 else int(count))
         return rows
 
+    def has_cached_features(self, row: dict[str, Any]) -> bool:
+        """Whether `cached_features(row)` finds the image's features (without reading them)."""
+        return self.features.get(row["segment"]) is not None and row["feat_count"] is not None
+
     def cached_features(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
         """An image's cached (keypoints, descriptors), or None when its segment keeps none."""
         store = self.features.get(row["segment"])
