@@ -239,7 +239,7 @@ def _cmd_remove(args) -> int:
     for path in missing:
         print(f"not in the index: {path}", file=sys.stderr)
     removed = len(args.images) - len(missing)
-    print(f"removed {removed} images; {index.backend.ntotal} remain")
+    print(f"removed {removed} images; {len(index.snapshot.loaded_ids)} remain")
     return 1 if missing else 0
 
 

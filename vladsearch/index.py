@@ -241,7 +241,7 @@ class Index:
     def info(self) -> dict[str, Any]:
         table = self.snapshot.db
         live = catalog.live_segments(table)
-        counts = {"images": catalog.count_images(table), "vectors": int(self.snapshot.backend.ntotal),
+        counts = {"images": catalog.count_images(table), "vectors": len(self.snapshot.loaded_ids),
                   "indexed": catalog.count_images(table, catalog.STATUS_INDEXED),
                   "no_keypoints": catalog.count_images(table, catalog.STATUS_NO_KEYPOINTS),
                   "skipped": catalog.count_images(table, catalog.STATUS_SKIPPED),

@@ -14,12 +14,15 @@ Two kinds of in-memory index:
 - compact codes (`--preset large`, quantizer.py): an IVF-PQ code per image in RAM; the
   `refine` best candidates are re-scored exactly with the full vectors, memory-mapped from
   the segments.
-`refresh()` moves to the newest commit and loads only what changed.
+`refresh()` moves to the newest commit; the in-memory index is filled on the first search
+(or `backend` access) after it, with only what changed. Whole-collection verbs that never
+search through it (`duplicates` on a large exact index, collection_knn.py) never pay for it.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,10 @@ class Snapshot:
         self.refine = refine
         self.feature_codec = feature_codec
         self.db: sqlite3.Connection | None = None
-        self.backend: FaissBackend | None = None
+        self._backend: FaissBackend | None = None
+        self._backend_ids = np.zeros(0, np.int64)  # ids whose vectors (codes) the backend holds
+        self._backend_lock = threading.Lock()
+        self._pending: tuple | None = None  # (live, located, files, segment names) not yet in the backend
         self.coder: CoarseCodes | None = None
         self.features: dict[str, FeatureStore] = {}
         self.vectors: dict[str, np.ndarray] = {}
@@ -58,6 +64,17 @@ class Snapshot:
         self.loaded_ids = np.zeros(0, np.int64)
         self._where = np.zeros((0, 4), np.int64)  # per loaded id: segment index, row, feature offset, count
         self.commit_seq = -1
+
+    @property
+    def backend(self) -> FaissBackend | None:
+        """The in-memory faiss index of this commit's vectors (codes), brought up to date on use."""
+        if self._pending is not None:
+            self._sync_backend()
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: FaissBackend) -> None:
+        self._backend, self._pending = value, None
 
     @property
     def table(self) -> sqlite3.Connection:
@@ -77,7 +94,7 @@ class Snapshot:
                     return False
                 live = catalog.live_segments(self.db)
                 located = self._locations()
-                if self.backend is None:
+                if self._backend is None:
                     self._create_backend()
                 code_size = self.coder.code_size if self.coder is not None else 0
                 files = {s["name"]: (self.vectors.get(s["name"]) if s["name"] in self.vectors else
@@ -120,30 +137,41 @@ class Snapshot:
             else FaissBackend.create(self.dim, self.factory)
 
     def _apply(self, live: list[dict[str, Any]], located: np.ndarray, files: dict) -> None:
-        """Make the in-memory index hold exactly the live vectors, adding only new ones."""
-        ids_now = located[:, 0]
-        gone = np.setdiff1d(self.loaded_ids, ids_now, assume_unique=True)
-        if len(gone):
-            self.backend.remove(gone)
-        known = np.isin(ids_now, self.loaded_ids, assume_unique=True)
-        names = self._all_segment_names
-        for segment in live:
-            index = names.index(segment["name"])
-            new = located[(located[:, 1] == index) & ~known]
-            if len(new) == 0:
-                continue
-            if new[:, 2].max() >= segment["vectors"]:
-                raise catalog.IndexDamagedError(f"the catalog names row {new[:, 2].max()} of segment "
-                                                f"{segment['name']}, which holds {segment['vectors']}")
-            vectors, codes = files[segment["name"]]
-            if self.coder is not None:
-                self.backend.index.add_sa_codes(np.ascontiguousarray(codes[new[:, 2]]), new[:, 0])
-            else:
-                self.backend.add(np.asarray(vectors[new[:, 2]], np.float32), new[:, 0])
+        """Adopt a commit's state; the backend catches up on its next use (`_sync_backend`)."""
         self.vectors = {name: pair[0] for name, pair in files.items()}
-        self.segment_names = names
-        self.loaded_ids = ids_now
+        self.segment_names = self._all_segment_names
+        self.loaded_ids = located[:, 0]
         self._where = located[:, 1:]
+        self._pending = (live, located, files, self.segment_names)
+
+    def _sync_backend(self) -> None:
+        """Make the in-memory index hold exactly the live vectors, adding only new ones."""
+        with self._backend_lock:
+            pending = self._pending
+            if pending is None:
+                return
+            live, located, files, names = pending
+            ids_now = located[:, 0]
+            gone = np.setdiff1d(self._backend_ids, ids_now, assume_unique=True)
+            if len(gone):
+                self._backend.remove(gone)
+            known = np.isin(ids_now, self._backend_ids, assume_unique=True)
+            for segment in live:
+                index = names.index(segment["name"])
+                new = located[(located[:, 1] == index) & ~known]
+                if len(new) == 0:
+                    continue
+                if new[:, 2].max() >= segment["vectors"]:
+                    raise catalog.IndexDamagedError(f"the catalog names row {new[:, 2].max()} of segment "
+                                                    f"{segment['name']}, which holds {segment['vectors']}")
+                vectors, codes = files[segment["name"]]
+                if self.coder is not None:
+                    self._backend.index.add_sa_codes(np.ascontiguousarray(codes[new[:, 2]]), new[:, 0])
+                else:
+                    self._backend.add(np.asarray(vectors[new[:, 2]], np.float32), new[:, 0])
+            self._backend_ids = ids_now
+            if self._pending is pending:  # else a newer commit arrived meanwhile: caught up on next use
+                self._pending = None
 
     # --- what the read path asks --------------------------------------------------
     def location(self, ids) -> np.ndarray:

@@ -68,7 +68,7 @@ def run_cli(args: argparse.Namespace) -> int:
     app = create_app(args.index, args.token, workers=args.workers, waiting=args.queue, limits=limits,
                      refresh_interval=args.refresh_interval, weights=args.weights, root=args.root)
     engine = app.state.engine
-    print(f"vladsearch: serving {args.index} ({engine.index.snapshot.backend.ntotal} vectors) at "
+    print(f"vladsearch: serving {args.index} ({len(engine.index.snapshot.loaded_ids)} vectors) at "
           f"http://{args.host}:{args.port}/ with {engine.searches.workers} search threads"
           f"{'; bearer token required' if args.token else ''}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -228,7 +228,7 @@ class Engine:
                     resolve_inside(root / UPLOADS, path[len(UPLOADS) + 1:]).unlink()
         self.follow()
         with self.snapshot_lock.shared():
-            remaining = int(self.index.snapshot.backend.ntotal)
+            remaining = len(self.index.snapshot.loaded_ids)
         return {"removed": path, "vectors": remaining}
 
     def duplicates(self, min_inliers: int | None, neighbors: int | None) -> dict[str, Any]:
