@@ -4,18 +4,21 @@
 
 1. Exact copies (the same SHA-1 in the catalog) are grouped without looking at pixels; one
    image per content hash stands for its copies in the rest.
-2. Every indexed vector searches the index (faiss, in blocks of `QUERY_BLOCK` queries, so
-   memory is one block's candidates): its `neighbors` nearest images with a VLAD similarity
-   of at least `min_similarity` become candidate pairs, each unordered pair once. With SIFT
-   the mirrored image's vector searches too (a flipped copy's VLAD is unrelated to its source's).
+2. Every indexed vector searches the collection (collection_knn.py: the index itself, or a
+   temporary IVF for an exact index of over 20,000 images), in blocks of `QUERY_BLOCK`
+   queries, so memory is one block's candidates: its `neighbors` nearest images with a VLAD
+   similarity of at least `min_similarity` become candidate pairs, each unordered pair once.
+   With SIFT the mirrored image's vector searches too (a flipped copy's VLAD is unrelated to
+   its source's).
 3. Each candidate is verified geometrically on all cores (vladsearch.pair_verification):
-   features from the index's cache, or re-extracted once per block. SIFT pairs that fail
-   are tried mirrored, so flipped copies verify; SIFT is rotation-invariant and the
-   homography holds a 90° turn, so rotated copies verify as they are.
+   features from the index's cache, or re-extracted once per block. A pair is matched as
+   it was proposed: as is, or (found by a mirrored vector) mirrored first, then as is; so
+   flipped copies verify. SIFT is rotation-invariant and the homography holds a 90° turn,
+   so rotated copies verify as they are. Only verified pairs are kept.
 4. A verified pair is a *copy* when its inliers are not a thin band (a caption drawn on two
    unrelated photographs verifies through its letters) and one affine map explains them
    (edits crop, scale, rotate and mirror; a photograph from another viewpoint needs a
-   perspective homography). Thresholds: `benchmarks/dedup.py --measure`.
+   perspective homography). Thresholds: see `DEFAULT_MIN_THICKNESS`, `DEFAULT_MIN_AFFINE`.
 5. Groups: connected components of copy pairs, then split around their `keep` image
    (highest resolution, then largest file, then oldest): a member stays only if it is a
    copy of the kept image itself (pairs missing from the kNN graph are verified now);
@@ -27,9 +30,6 @@
 
 from __future__ import annotations
 
-import functools
-import multiprocessing
-import os
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vladsearch import catalog
-from vladsearch.collection_knn import CollectionSearch
+from vladsearch.collection_knn import CollectionSearch, FeatureSource, mirrored_vectors
 from vladsearch.pair_verification import PairVerdict, verify_pairs
 from vladsearch.progress import progress_bar
 from vladsearch.rerank import DEFAULT_MIN_INLIERS
@@ -50,8 +50,9 @@ DEFAULT_NEIGHBORS = 10
 # VLAD cosine below which a neighbour is not verified; off by default (a mirrored copy's plain
 # VLAD similarity is about 0, so its candidate comes from the mirrored query vector instead).
 DEFAULT_MIN_SIMILARITY = -1.0
-# Measured with benchmarks/dedup.py --measure (SIFT, 72 photographs, their edited copies, other
-# views of the same scenes, and unrelated photographs carrying the same caption):
+# Measured on SIFT features of 72 photographs (scikit-image, oxford_affine_subset, homogr_pairs),
+# their edited copies, other views of the same scenes, and unrelated photographs carrying the
+# same caption (a one-off script; the collection is `benchmarks/dedup.py distinct`'s):
 # inliers must span this fraction of the shorter side of both images: edited copies ≥ 0.40,
 # captions shared by unrelated photos median 0.06 (their letters verify: 92 inliers median);
 DEFAULT_MIN_THICKNESS = 0.2
@@ -117,53 +118,6 @@ def exact_groups(rows: list[dict[str, Any]]) -> dict[int, list[int]]:
 
 
 # --- 2. candidate pairs ------------------------------------------------------------------
-def mirrored_vectors(index: Index, source: FeatureSource, ids: np.ndarray, workers: int | None = None) -> np.ndarray:
-    """VLAD vectors of the mirrored images (SIFT descriptors permuted as a flip permutes them).
-
-    A flipped copy's VLAD is unrelated to its source's (cosine ≈ 0), so the kNN search also
-    runs with these vectors; the local features come from the cache (or are re-extracted).
-    Encoding costs ≈ 1.5 ms an image at 1,000 keypoints, so blocks run on all cores.
-    """
-    source.load({int(i) for i in ids})
-    workers = workers or len(os.sched_getaffinity(0))
-    job = functools.partial(_mirrored_chunk, index.encoder, source)
-    if workers == 1 or len(ids) < MIRROR_CHUNK:
-        return job(ids)
-    chunks = [ids[i:i + MIRROR_CHUNK] for i in range(0, len(ids), MIRROR_CHUNK)]
-    global _mirror_job
-    _mirror_job = job  # inherited by the forked workers, not pickled
-    try:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(chunks)), initializer=_one_blas_thread) as pool:
-            return np.concatenate(pool.map(_run_mirror_job, chunks))
-    finally:
-        _mirror_job = None
-
-
-MIRROR_CHUNK = 128
-_mirror_job = None
-
-
-def _run_mirror_job(ids: np.ndarray) -> np.ndarray:
-    return _mirror_job(ids)
-
-
-def _one_blas_thread() -> None:
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1, user_api="blas")
-
-
-def _mirrored_chunk(encoder, source: FeatureSource, ids: np.ndarray) -> np.ndarray:
-    from vladsearch.rerank import mirror_sift_descriptors
-
-    empty = np.zeros((0, encoder.feature_dim), np.float32)
-    descriptors = []
-    for image_id in ids:
-        found = source(int(image_id))
-        descriptors.append(mirror_sift_descriptors(found[1]) if found is not None and len(found[1]) else empty)
-    return encoder.encode(descriptors)
-
-
 @dataclass
 class CandidateBlock:
     """One block's new candidate pairs: {(a, b), a < b: VLAD similarity} and, per pair, which
@@ -214,31 +168,6 @@ def candidate_blocks(index: Index, query_ids: np.ndarray, searcher: CollectionSe
 
 
 # --- 3. verification -----------------------------------------------------------------------
-class FeatureSource:
-    """Local features by image id: the index's cache (memory-mapped) or re-extracted images."""
-
-    def __init__(self, index: Index, rows: dict[int, dict[str, Any]], workers: int | None) -> None:
-        self.index, self.rows, self.workers = index, rows, workers
-        self.extracted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def load(self, ids: set[int]) -> None:
-        """Re-extract (in parallel) the images of `ids` that have no cached features; forget older ones."""
-        from vladsearch.search import database_features
-
-        snapshot = self.index.snapshot
-        missing = [i for i in ids if not snapshot.has_cached_features(self.rows[i])]
-        self.extracted = {i: f for i, f in self.extracted.items() if i in ids}
-        wanted = [i for i in missing if i not in self.extracted]
-        if wanted:
-            self.extracted.update(database_features(self.index.encoder, snapshot, self.index.root, wanted,
-                                                    self.workers))
-
-    def __call__(self, image_id: int) -> tuple[np.ndarray, np.ndarray] | None:
-        if image_id in self.extracted:
-            return self.extracted[image_id]
-        return self.index.snapshot.cached_features(self.rows[image_id])
-
-
 def _verify(pairs: list[tuple[int, int]], source: FeatureSource, workers: int | None, mirror: bool,
             min_inliers: int, screen: tuple[int, int] = (0, 0),
             hints: dict[tuple[int, int], bool | str] | None = None) -> list[PairVerdict]:

@@ -88,7 +88,7 @@ def shortlist_pairs(index: Index, ids: np.ndarray, top: int, shortlist: int, mod
     Ranked, not thresholded: a hard wide-baseline partner may have only 7-24 fundamental
     inliers, barely above an unrelated image's 9-17, yet still the most.
     """
-    from vladsearch.duplicates import FeatureSource
+    from vladsearch.collection_knn import FeatureSource
     from vladsearch.pair_verification import verify_pairs
 
     rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table) if r["segment"] is not None}
@@ -138,7 +138,7 @@ def image_pairs(index: Index, top: int, sequential: int = 0, verified: bool = Fa
 
 def _verified(index: Index, pairs: list[tuple[int, int]], model: str, min_inliers: int | None,
               workers: int | None) -> list[tuple[int, int]]:
-    from vladsearch.duplicates import FeatureSource
+    from vladsearch.collection_knn import FeatureSource
     from vladsearch.pair_verification import verify_pairs
 
     if min_inliers is None:
