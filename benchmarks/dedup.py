@@ -253,24 +253,60 @@ def components(neighbours: dict[str, list]) -> list[list[str]]:
 
 
 def run_pimmi(folder: Path, work: Path, threads: int = 2) -> list[list[str]]:
+    """PIMMI at its defaults: `fill` a new index, `query` every image against it, then
+    `clusters` (connected components of the query graph); groups = the clusters' file names."""
     pimmi = Path("/work/pimmi-venv/bin/pimmi")
     if not pimmi.exists():
         raise RuntimeError("PIMMI not installed (python3 -m venv /work/pimmi-venv && "
                            "/work/pimmi-venv/bin/pip install pimmi requests)")
-    index = work / "pimmi-index"
-    clusters = work / "pimmi-clusters.csv"
+    import csv
+    import os
+
+    index, results, clusters = work / "pimmi-index", work / "pimmi-query.csv", work / "pimmi-clusters.csv"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     for args in (["fill", str(folder), str(index), "--erase", "--force"],
-                 ["query", str(folder), str(index)], ["clusters", str(index), "-o", str(clusters)]):
-        done = subprocess.run([str(pimmi), "--nb-threads", str(threads), *args], check=False, capture_output=True, text=True)
+                 ["query", str(folder), str(index), "-o", str(results)],
+                 ["clusters", str(index), str(results), "-o", str(clusters)]):
+        done = subprocess.run([str(pimmi), "--nb-threads", str(threads), *args], check=False, capture_output=True,
+                              text=True, env=env, stdin=subprocess.DEVNULL)
         if done.returncode:
             raise RuntimeError(f"pimmi {args[0]} failed: {done.stderr[-1500:]}")
-    import csv
-
     groups = defaultdict(list)
     with open(clusters) as handle:
         for row in csv.DictReader(handle):
             groups[row["cluster_id"]].append(Path(row["path"]).name)
     return [g for g in groups.values() if len(g) > 1]
+
+
+# fastdup at its defaults (bundled ONNX model, similarity threshold 0.9, connected components at
+# cc_threshold 0.96); SENTRY_OPT_OUT turns off its usage reporting, the only network call it makes.
+FASTDUP_DRIVER = r'''
+import json, os, sys
+os.environ.setdefault("SENTRY_OPT_OUT", "1")
+import fastdup
+fd = fastdup.create(work_dir=sys.argv[2], input_dir=sys.argv[1])
+fd.run(num_threads=int(sys.argv[3]), overwrite=True)
+cc = fd.connected_components()[0]
+groups = [] if cc.empty else [list(map(str, g)) for g in cc.groupby("component_id")["filename"].apply(list)]
+print(json.dumps({"version": fastdup.__version__, "groups": groups}))
+'''
+
+
+def run_fastdup(folder: Path, work: Path, threads: int = 2) -> list[list[str]]:
+    """fastdup (in /work/fastdup-venv) at its defaults; groups = its connected components' file names."""
+    python = Path("/work/fastdup-venv/bin/python")
+    if not python.exists():
+        raise RuntimeError("fastdup not installed (python3 -m venv /work/fastdup-venv && "
+                           "/work/fastdup-venv/bin/pip install fastdup)")
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run([str(python), "-c", FASTDUP_DRIVER, str(folder), str(work / "fastdup"), str(threads)],
+                          check=False, capture_output=True, text=True, env=env, cwd=work)
+    if done.returncode:
+        raise RuntimeError(f"fastdup failed: {done.stderr[-1500:]}")
+    groups = json.loads(done.stdout.strip().splitlines()[-1])["groups"]
+    return [[Path(name).name for name in g] for g in groups if len(g) > 1]
 
 
 def score_collection(kind: str, out: Path, variants: int, others: list[str]) -> dict:
@@ -288,14 +324,20 @@ def score_collection(kind: str, out: Path, variants: int, others: list[str]) -> 
         groups, info = run_vladsearch(out / "images", out, grouping)
         rows[f"vladsearch ({grouping})"] = {t: pairwise_scores(groups, tr) for t, tr in truths.items()} | info
     if "imagededup" in others:
+        start = time.perf_counter()
         for method, groups in run_imagededup(out / "images").items():
             rows[f"imagededup {method}"] = {t: pairwise_scores(groups, tr) for t, tr in truths.items()}
-    if "pimmi" in others:
-        try:
-            groups = run_pimmi(out / "images", out)
-            rows["PIMMI clusters"] = {t: pairwise_scores(groups, tr) for t, tr in truths.items()}
-        except RuntimeError as exc:
-            rows["PIMMI clusters"] = {"error": str(exc)[-300:]}
+        for method in ("PHash", "DHash"):
+            rows[f"imagededup {method}"]["seconds_both_hashes"] = round(time.perf_counter() - start, 1)
+    for name, label, run in (("pimmi", "PIMMI clusters", run_pimmi), ("fastdup", "fastdup components", run_fastdup)):
+        if name in others:
+            start = time.perf_counter()
+            try:
+                groups = run(out / "images", out)
+                rows[label] = {t: pairwise_scores(groups, tr) for t, tr in truths.items()}
+            except RuntimeError as exc:
+                rows[label] = {"error": str(exc)[-300:]}
+            rows[label]["seconds"] = round(time.perf_counter() - start, 1)
     return {"collection": kind, "images": len(truth), "rows": rows}
 
 
