@@ -165,6 +165,17 @@ def test_grouping_splits_a_bridge_around_the_keep_image():
     assert split_around_keep(component, edges, order) == [[0, 1, 2]]
 
 
+def test_a_member_joins_through_several_links_but_not_through_one_bridge():
+    # 0 keeps; 1, 2, 3 are its copies; 4 failed against 0 but is a copy of 1, 2 and 3;
+    # 5 is a collage of 3 and another photograph whose copies are 6 and 7.
+    edges = {(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3), (1, 4), (2, 4), (3, 4), (3, 5), (0, 5),
+             (5, 6), (5, 7), (6, 7)}
+    [component] = connected_components(list(range(8)), list(edges))
+    order = {i: (i,) for i in range(8)}
+    assert split_around_keep(component, edges, order, min_links=3) == [[0, 1, 2, 3, 5, 4], [6, 7]]
+    assert split_around_keep(component, edges, order, min_links=0) == [[0, 1, 2, 3, 5], [6, 7]]
+
+
 def test_keep_is_largest_then_biggest_file_then_oldest():
     rows = [{"path": "a", "width": 10, "height": 10, "file_size": 5, "mtime": 3.0},
             {"path": "b", "width": 20, "height": 10, "file_size": 1, "mtime": 9.0},

@@ -20,12 +20,12 @@
    (edits crop, scale, rotate and mirror; a photograph from another viewpoint needs a
    perspective homography). Thresholds: see `DEFAULT_MIN_THICKNESS`, `DEFAULT_MIN_AFFINE`.
 5. Groups: connected components of copy pairs, then split around their `keep` image
-   (highest resolution, then largest file, then oldest): a member stays only if it is a
-   copy of the kept image itself (pairs missing from the kNN graph are verified now);
-   the rest is grouped again the same way. So every image a report marks removable was
-   verified against the image it would be replaced by, and one image that resembles two
-   photographs cannot chain them into one group (measured against plain components in
-   docs/BENCHMARKS.md). Nothing is ever deleted.
+   (highest resolution, then largest file, then oldest): a member stays if it is a copy of
+   the kept image itself (pairs missing from the kNN graph are verified now) or of
+   `MIN_LINKS` members already in; the rest is grouped again the same way. So every image a
+   report marks removable was verified against the kept image or against several copies of
+   it, and one image that resembles two photographs cannot chain them into one group
+   (measured against plain components in docs/BENCHMARKS.md). Nothing is ever deleted.
 """
 
 from __future__ import annotations
@@ -57,12 +57,15 @@ DEFAULT_MIN_SIMILARITY = -1.0
 # captions shared by unrelated photos median 0.06 (their letters verify: 92 inliers median);
 DEFAULT_MIN_THICKNESS = 0.2
 # and this fraction of the homography inliers must fit one affine map: edited copies ≥ 0.93
-# (median 1.00); graf viewpoint changes ≤ 0.73, homogr wide-baseline pairs median 0.73.
-DEFAULT_MIN_AFFINE = 0.9
+# (median 1.00); graf viewpoint changes ≤ 0.73, homogr wide-baseline pairs median 0.73, but
+# edited copies of graf frames 3 and 4 up to 0.92. With MIN_LINKS, chosen on
+# `benchmarks/dedup.py` copies/distinct (docs/BENCHMARKS.md, "Grouping").
+DEFAULT_MIN_AFFINE = 0.93
 # Cheap first pass (verify_pair): the 256 strongest features must give 8 inliers before all are matched.
 DEFAULT_SCREEN_KEYPOINTS = 256
 DEFAULT_SCREEN_INLIERS = 8
 QUERY_BLOCK = 1024
+MIN_LINKS = 3  # split_around_keep: copy links into a kept group that admit a member
 GROUPINGS = ("keep", "components")
 
 
@@ -195,16 +198,32 @@ def connected_components(nodes: list[int], edges: list[tuple[int, int]]) -> list
     return [sorted(m) for m in members.values() if len(m) > 1]
 
 
-def split_around_keep(component: list[int], edges: set[tuple[int, int]], order: dict[int, tuple]) -> list[list[int]]:
-    """Groups of one component whose members all have an edge to the group's best (`order`) image."""
+def split_around_keep(component: list[int], edges: set[tuple[int, int]], order: dict[int, tuple],
+                      min_links: int = MIN_LINKS) -> list[list[int]]:
+    """Groups of one component around its best (`order`) image: a member joins when it has an
+    edge to the kept image, or edges to `min_links` members already in (0: direct edges only).
+
+    One bridge image (a collage, a photo of a screen showing another photo) links a member to
+    a group through a single edge, so it cannot bring the other photograph's copies along.
+    """
+    neighbours: dict[int, set[int]] = defaultdict(set)
+    for a, b in edges:
+        neighbours[a].add(b)
+        neighbours[b].add(a)
     remaining = sorted(component, key=order.__getitem__)
     groups = []
     while len(remaining) > 1:
         keep = remaining[0]
-        members = [keep] + [n for n in remaining[1:] if (min(keep, n), max(keep, n)) in edges]
+        members = [keep] + [n for n in remaining[1:] if n in neighbours[keep]]
+        taken = set(members)
+        grew = bool(min_links)
+        while grew:
+            joining = [n for n in remaining if n not in taken and len(neighbours[n] & taken) >= min_links]
+            members += joining
+            taken.update(joining)
+            grew = bool(joining)
         if len(members) > 1:
             groups.append(members)
-        taken = set(members)
         remaining = [n for n in remaining if n not in taken]
     return groups
 
