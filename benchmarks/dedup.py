@@ -2,7 +2,7 @@
 
     python benchmarks/dedup.py copies   /tmp/dd/copies   [--variants 99] [--others imagededup,pimmi]
     python benchmarks/dedup.py distinct /tmp/dd/distinct [--others imagededup,pimmi]
-    python benchmarks/dedup.py timing   /tmp/dd/timing   [--images 3000]
+    python benchmarks/dedup.py timing   /tmp/dd100k      [--images 100000]
     python benchmarks/dedup.py pairs    /tmp/dd/pairs    [--top 5] [--dataset all] [--pairs-args "--shortlist 0"]
 
 copies:   16 photographs (12 scikit-image photos, 4 homogr_pairs "A" views) × `--variants`
@@ -15,13 +15,16 @@ distinct: every photograph of scikit-image, ../shared oxford_affine_subset (6 fr
           shift, mirrored and cropped). Truth: each photograph with its own copies; other
           frames/views of the same scene are other groups ("strict"). Also scored with the
           Oxford sequences whose frames differ only by blur (bikes), exposure (leuven) or
-          zoom-rotation (boat) merged ("same-viewpoint" truth; see docs/DUPLICATES.md).
+          zoom-rotation (boat) merged ("same-viewpoint" truth; see docs/DUPLICATES.md), and
+          without those three sequences at all ("no-tripod": 306 images).
 Scores: pairwise precision, recall, F1 of the predicted groups (every pair of images in one
 group) against the truth's pairs. imagededup (PHash, DHash at their defaults; groups =
 connected components of its duplicate lists) runs in /work/imagededup-venv and PIMMI
-(`pimmi fill`, `query`, `clusters` at its defaults) in /work/pimmi-venv, on the same folder.
-timing:   N synthetic images (tests' textured shapes) + 5 % edited copies, indexed with the
-          feature cache; `duplicates` wall time per image, to extrapolate to 100k and 1M.
+(`pimmi fill`, `query`, `clusters` at its defaults) in /work/pimmi-venv and fastdup (its
+defaults, connected components) in /work/fastdup-venv, on the same folder (`--others`).
+timing:   N synthetic images (tests' textured shapes, 320×240, folders of 10,000) + 5 % edited
+          copies, indexed with the feature cache; `duplicates` wall time, its stages, groups
+          found with a planted copy, keypoints per image; extrapolated to 1M.
 pairs:    `pairs --top K` on homogr_pairs (partner: the other view), oxford_affine_subset
           (the scene's 5 other frames) or corridor (frames within ±2); partner rate = images
           with a partner among their pairs, partner recall = partners found / min(K, partners).
@@ -157,6 +160,8 @@ def group_pairs(groups: list[list[str]]) -> set[tuple[str, str]]:
 
 
 def pairwise_scores(predicted: list[list[str]], truth: dict[str, str]) -> dict[str, float]:
+    """Pairwise precision, recall, F1 of predicted groups; images the truth leaves out are ignored."""
+    predicted = [[name for name in group if name in truth] for group in predicted]
     by_group = defaultdict(list)
     for name, group in truth.items():
         by_group[group].append(name)
@@ -169,6 +174,12 @@ def pairwise_scores(predicted: list[list[str]], truth: dict[str, str]) -> dict[s
             "predicted_pairs": len(found), "true_pairs": len(true)}
 
 
+def without_tripod_sequences(truth: dict[str, str]) -> dict[str, str]:
+    """The truth without the Oxford bikes/leuven/boat frames and their copies (homogr's boatA/B
+    are boat frames): distinct photographs, other viewpoints, and copies only."""
+    return {name: group for name, group in truth.items() if not group.startswith(SAME_VIEWPOINT)}
+
+
 def same_viewpoint_truth(truth: dict[str, str]) -> dict[str, str]:
     return {name: group.split("_img")[0] if group.split("_img")[0] in SAME_VIEWPOINT else group
             for name, group in truth.items()}
@@ -176,13 +187,15 @@ def same_viewpoint_truth(truth: dict[str, str]) -> dict[str, str]:
 
 # --- the systems ---------------------------------------------------------------------------------
 def run_vladsearch(folder: Path, work: Path, grouping: str = "keep", workers: int = 2,
-                   extra: tuple[str, ...] = ()) -> tuple[list[list[str]], dict]:
+                   extra: tuple[str, ...] = (), save: Path | None = None) -> tuple[list[list[str]], dict]:
     index = work / "index.vlad"
     if not index.exists():
         _cli("build", str(folder), "--index", str(index), "--keep-features", "--quiet", "--workers", str(workers))
     start = time.perf_counter()
     out = _cli("duplicates", str(index), "--json", "--quiet", "--grouping", grouping, "--workers", str(workers), *extra)
     seconds = time.perf_counter() - start
+    if save is not None:
+        save.write_text(out)
     data = json.loads(out)
     return [g["images"] for g in data["groups"]], {"seconds": round(seconds, 1), **{k: data[k] for k in
                                                                                   ("candidate_pairs", "verified_pairs")}}
@@ -279,7 +292,8 @@ def run_pimmi(folder: Path, work: Path, threads: int = 2) -> list[list[str]]:
 
 
 # fastdup at its defaults (bundled ONNX model, similarity threshold 0.9, connected components at
-# cc_threshold 0.96); SENTRY_OPT_OUT turns off its usage reporting, the only network call it makes.
+# cc_threshold 0.96); SENTRY_OPT_OUT asks it not to send usage reports (not checked further: this
+# machine has no network anyway).
 FASTDUP_DRIVER = r'''
 import json, os, sys
 os.environ.setdefault("SENTRY_OPT_OUT", "1")
@@ -319,6 +333,7 @@ def score_collection(kind: str, out: Path, variants: int, others: list[str]) -> 
     truths = {"strict": truth}
     if kind == "distinct":
         truths["same-viewpoint"] = same_viewpoint_truth(truth)
+        truths["no-tripod"] = without_tripod_sequences(truth)
     rows = {}
     for grouping in ("keep", "components")[:1 if "fast" in others else 2]:
         groups, info = run_vladsearch(out / "images", out, grouping)
@@ -341,24 +356,47 @@ def score_collection(kind: str, out: Path, variants: int, others: list[str]) -> 
     return {"collection": kind, "images": len(truth), "rows": rows}
 
 
-def timing(out: Path, images: int) -> dict:
+def make_timing_collection(folder: Path, images: int, size: tuple[int, int] = (320, 240)) -> None:
+    """`images` synthetic images (tests' textured shapes, `size`) in folders of 10,000, plus
+    5 % edited copies (crop, 90° turn, rescale) in copies/."""
     from live_helpers import make_images
+
+    paths = []
+    per_folder = 10_000
+    for part in range((images + per_folder - 1) // per_folder):
+        count = min(per_folder, images - part * per_folder)
+        paths += make_images(folder / f"part{part}", count, seed=100 + part, size=size)
+    rng = np.random.default_rng(0)
+    (folder / "copies").mkdir()
+    for i, path in enumerate(rng.choice(paths, size=images // 20, replace=False)):
+        write_variant(folder / "copies", f"copy_{i:05d}", cv2.imread(str(path)), ["crop", "rotate90", "rescale"][i % 3],
+                      rng)
+
+
+def timing(out: Path, images: int, size: tuple[int, int] = (320, 240)) -> dict:
+    import resource
 
     folder = out / "images"
     if not folder.exists():
-        paths = make_images(folder, images, seed=7)
-        rng = np.random.default_rng(0)
-        for i, path in enumerate(rng.choice(paths, size=images // 20, replace=False)):
-            write_variant(folder, f"copy_{i:04d}", cv2.imread(str(path)), ["crop", "rotate90", "rescale"][i % 3], rng)
+        make_timing_collection(folder, images, size)
     start = time.perf_counter()
     if not (out / "index.vlad").exists():
         _cli("build", str(folder), "--index", str(out / "index.vlad"), "--keep-features", "--quiet")
     build = time.perf_counter() - start
-    groups, info = run_vladsearch(folder, out)
-    count = len(list(folder.iterdir()))
+    out_json = out / "duplicates.json"
+    groups, info = run_vladsearch(folder, out, save=out_json)
+    data = json.loads(out_json.read_text())
+    import sqlite3
+
+    with sqlite3.connect(f"file:{out / 'index.vlad' / 'catalog.sqlite'}?mode=ro", uri=True) as db:
+        count, keypoints = db.execute("SELECT COUNT(*), AVG(keypoints) FROM images WHERE segment IS NOT NULL").fetchone()
+    copies = [g for g in data["groups"] if any("copy_" in name for name in g["images"])]
     return {"images": count, "build_seconds": round(build, 1), **info, "groups": len(groups),
+            "groups_with_a_planted_copy": len(copies), "planted_copies": images // 20,
+            "timings": data.get("timings"), "keypoints_per_image": round(keypoints or 0),
+            "peak_rss_mib_any_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
             "ms_per_image": round(1000 * info["seconds"] / count, 2),
-            "extrapolated_100k_minutes": round(info["seconds"] / count * 1e5 / 60, 1)}
+            "extrapolated_1m_minutes": round(info["seconds"] / count * 1e6 / 60, 1)}
 
 
 PAIR_SETS = ("homogr_pairs", "oxford_affine_subset", "corridor")
@@ -408,6 +446,8 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--variants", type=int, default=99)
     parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"),
+                        help="timing: synthetic image size (320 240: ~120 SIFT keypoints; 1024 768: ~900)")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--others", default="imagededup,pimmi")
     parser.add_argument("--dataset", choices=PAIR_SETS + ("all",), default="homogr_pairs", help="pairs: which set")
@@ -417,7 +457,7 @@ def main() -> None:
     if args.what in ("copies", "distinct"):
         result = score_collection(args.what, args.out, args.variants, [o for o in args.others.split(",") if o])
     elif args.what == "timing":
-        result = timing(args.out, args.images)
+        result = timing(args.out, args.images, tuple(args.size))
     else:
         sets = PAIR_SETS if args.dataset == "all" else (args.dataset,)
         result = [pairs_partner_rate(args.out, args.top, d, tuple(args.pairs_args.split())) for d in sets]
