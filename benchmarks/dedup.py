@@ -4,6 +4,7 @@
     python benchmarks/dedup.py distinct /tmp/dd/distinct [--others imagededup,pimmi]
     python benchmarks/dedup.py timing   /tmp/dd100k      [--images 100000]
     python benchmarks/dedup.py pairs    /tmp/dd/pairs    [--top 5] [--dataset all] [--pairs-args "--shortlist 0"]
+    python benchmarks/dedup.py grouping /tmp/dd          (after copies and distinct: F1 by grouping rule)
 
 copies:   16 photographs (12 scikit-image photos, 4 homogr_pairs "A" views) × `--variants`
           edited copies each: crops (50-80 % of the area), 90/180/270° rotations, rescales
@@ -399,6 +400,66 @@ def timing(out: Path, images: int, size: tuple[int, int] = (320, 240)) -> dict:
             "extrapolated_1m_minutes": round(info["seconds"] / count * 1e6 / 60, 1)}
 
 
+def grouping_sweep(root: Path, affines: tuple[float, ...] = (0.9, 0.93, 0.95),
+                   links: tuple[int | None, ...] = (None, 0, 2, 3)) -> list[dict]:
+    """Pairwise F1 of `find_duplicates` by affine threshold and grouping (None: components;
+    L: keep, with `min_links` L) on root/copies and root/distinct (built by those modes).
+    Each pair is verified once per collection; only the grouping is redone."""
+    from vladsearch import duplicates
+    from vladsearch.index import Index
+
+    cache: dict = {}
+    verify = duplicates._verify
+
+    def remembered(pairs, source, workers, mirror, min_inliers, screen=(0, 0), hints=None):
+        def key(pair):
+            return pair, (hints or {}).get(pair, mirror), screen
+        todo = [p for p in pairs if key(p) not in cache]
+        if todo:
+            for pair, verdict in zip(todo, verify(todo, source, workers, mirror, min_inliers, screen,
+                                                  {p: hints[p] for p in todo} if hints else None)):
+                cache[key(pair)] = verdict
+        return [cache[key(p)] for p in pairs]
+
+    rows = []
+    duplicates._verify = remembered
+    try:
+        for kind in ("copies", "distinct"):
+            truth = json.loads((root / kind / "truth.json").read_text())
+            truths = {"strict": truth} if kind == "copies" else {
+                "strict": truth, "same-viewpoint": same_viewpoint_truth(truth),
+                "no-tripod": without_tripod_sequences(truth)}
+            index = Index.open(root / kind / "index.vlad")
+            cache.clear()
+            for affine in affines:
+                for link in links:
+                    grouping = "components" if link is None else "keep"
+                    with _min_links(duplicates, link):
+                        report = duplicates.find_duplicates(index, min_affine=affine, grouping=grouping, workers=2)
+                    groups = [[Path(report.rows[i]["path"]).name for i in g.ids] for g in report.groups]
+                    rows.append({"collection": kind, "min_affine": affine,
+                                 "grouping": grouping if link is None else f"keep, links {link}",
+                                 **{t: pairwise_scores(groups, tr)["f1"] for t, tr in truths.items()}})
+    finally:
+        duplicates._verify = verify
+    return rows
+
+
+class _min_links:
+    """Context: `split_around_keep` with another `min_links` default."""
+
+    def __init__(self, module, links: int | None) -> None:
+        self.module, self.links, self.saved = module, links, module.split_around_keep
+
+    def __enter__(self):
+        if self.links is not None:
+            saved, links = self.saved, self.links
+            self.module.split_around_keep = lambda c, e, o, min_links=links: saved(c, e, o, min_links)
+
+    def __exit__(self, *exc) -> None:
+        self.module.split_around_keep = self.saved
+
+
 PAIR_SETS = ("homogr_pairs", "oxford_affine_subset", "corridor")
 
 
@@ -442,7 +503,7 @@ def pairs_partner_rate(out: Path, top: int, dataset: str = "homogr_pairs", extra
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("copies", "distinct", "timing", "pairs"))
+    parser.add_argument("what", choices=("copies", "distinct", "timing", "pairs", "grouping"))
     parser.add_argument("out", type=Path)
     parser.add_argument("--variants", type=int, default=99)
     parser.add_argument("--images", type=int, default=3000)
@@ -456,6 +517,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.what in ("copies", "distinct"):
         result = score_collection(args.what, args.out, args.variants, [o for o in args.others.split(",") if o])
+    elif args.what == "grouping":
+        result = grouping_sweep(args.out)
     elif args.what == "timing":
         result = timing(args.out, args.images, tuple(args.size))
     else:
