@@ -210,7 +210,7 @@ def test_ctrl_c_during_a_ray_add_keeps_the_last_commit_and_stops_ray(photos, tmp
     index_dir = tmp_path / "x.vlad"
     Index.build(photos / "more", index=index_dir, workers=2, progress=False, **SMALL)
     before_index, before_ray = info(index_dir), ray_processes()
-    make_images(tmp_path / "new", 40, seed=4)
+    make_images(tmp_path / "new", 160, seed=4)  # enough work left after the first segment (40 raced the signal in CI)
     process = popen_cli("add", str(index_dir), str(tmp_path / "new"), "--ray", "--quiet")
     deadline = time.monotonic() + 120
     while not list((index_dir / "staging").glob("*/seg-*")) and time.monotonic() < deadline \
