@@ -253,3 +253,20 @@ def test_skipping_hopeless_fits_keeps_every_verdict(collection):
     assert [v.inliers >= 15 for v in full] == [v.inliers >= 15 for v in quick]
     assert sum(v.inliers >= 15 for v in full) >= 20
     assert [v for v in full if v.inliers >= 15] == [v for v in quick if v.inliers >= 15]
+
+
+def test_cached_features_read_only_the_screened_head_until_all_are_needed(collection):
+    from vladsearch import catalog
+    from vladsearch.collection_knn import CachedFeatures, FeatureSource
+    from vladsearch.index import Index
+
+    index = Index.open(collection[0])
+    rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table)}
+    image_id = max(rows, key=lambda i: rows[i]["feat_count"] or 0)
+    lazy = FeatureSource(index, rows, 1)(image_id)
+    assert isinstance(lazy, CachedFeatures) and lazy.feature_count > 256
+    keypoints, descriptors = lazy.head(256)
+    assert len(keypoints) == len(descriptors) == 256 and lazy._all is None  # nothing else read yet
+    full = index.snapshot.cached_features(rows[image_id])
+    assert np.array_equal(keypoints, full[0][:256]) and np.array_equal(descriptors, full[1][:256])
+    assert np.array_equal(lazy[1], full[1]) and len(lazy[0]) == lazy.feature_count

@@ -33,7 +33,9 @@ from vladsearch.rerank import (
     verify_matches,
 )
 
-FeaturePair = tuple[np.ndarray, np.ndarray]  # keypoints N×2 float32, descriptors N×D float32
+# keypoints N×2 float32, descriptors N×D float32; or an object with `feature_count`, `head(n)` and the
+# same two items, read on first use (collection_knn.CachedFeatures)
+FeaturePair = tuple[np.ndarray, np.ndarray]
 # Pairs handed to a worker at once (amortises the inter-process round trip, ~5 ms a pair).
 PAIRS_PER_TASK = 64
 
@@ -115,6 +117,17 @@ def _match_once(a: FeaturePair, b: FeaturePair, flipped: bool, model: str,
     return kps_a, matches, inliers, mask
 
 
+def _head(features: FeaturePair, count: int) -> FeaturePair:
+    """The `count` strongest features (stored strongest first); a lazy cache entry reads only those."""
+    if hasattr(features, "head"):
+        return features.head(count)
+    return features[0][:count], features[1][:count]
+
+
+def _count(features: FeaturePair) -> int:
+    return features.feature_count if hasattr(features, "feature_count") else len(features[0])
+
+
 def screen_pair(a: FeaturePair, b: FeaturePair, keypoints: int, orientations: Sequence[bool] = (False,),
                 model: str = "homography", fit_from: int = 0) -> tuple[int, bool]:
     """(inliers, mirrored) with only the `keypoints` strongest features of each side (cheap first pass).
@@ -122,7 +135,7 @@ def screen_pair(a: FeaturePair, b: FeaturePair, keypoints: int, orientations: Se
     Features are stored strongest first (cache and re-extraction alike), so this is a slice.
     orientations: which of a's sides to try (False: as is, True: mirrored).
     """
-    small_a, small_b = (a[0][:keypoints], a[1][:keypoints]), (b[0][:keypoints], b[1][:keypoints])
+    small_a, small_b = _head(a, keypoints), _head(b, keypoints)
     best = (0, orientations[0])
     for flipped in orientations:
         inliers = _match_once(small_a, small_b, flipped, model, fit_from)[2]
@@ -156,7 +169,7 @@ def verify_pair(a: FeaturePair, b: FeaturePair, mirror: bool | str = False, min_
     by the counts themselves).
     """
     order = orientations_for(mirror)
-    if screen and screen_inliers and max(len(a[0]), len(b[0])) > screen:
+    if screen and screen_inliers and max(_count(a), _count(b)) > screen:
         inliers, flipped = screen_pair(a, b, screen, order, model, 0 if counts else screen_inliers)
         if inliers < screen_inliers:
             return (inliers, flipped, 0.0, 0.0)
@@ -196,7 +209,7 @@ def _verify_chunk(pairs: Sequence[tuple[int, int]]) -> list[PairVerdict]:
             if image_id not in loaded:
                 loaded[image_id] = _features_of(image_id)
         fa, fb = loaded[a], loaded[b]
-        if fa is None or fb is None or len(fa[0]) == 0 or len(fb[0]) == 0:
+        if fa is None or fb is None or _count(fa) == 0 or _count(fb) == 0:
             out.append(PairVerdict(a, b, 0))
             continue
         out.append(PairVerdict(a, b, *verify_pair(fa, fb, _hints.get((a, b), _mirror), _min_inliers, _model, *_screen,

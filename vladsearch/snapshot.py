@@ -202,6 +202,13 @@ class Snapshot:
         """Whether `cached_features(row)` finds the image's features (without reading them)."""
         return self.features.get(row["segment"]) is not None and row["feat_count"] is not None
 
+    def feature_rows(self, row: dict[str, Any]) -> tuple[FeatureStore, int, int] | None:
+        """(store, first row, count) of an image's cached features, read nothing; None without a cache."""
+        store = self.features.get(row["segment"])
+        if store is None or row["feat_count"] is None:
+            return None
+        return store, row["feat_offset"], row["feat_count"]
+
     def cached_features(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
         """An image's cached (keypoints, descriptors), or None when its segment keeps none."""
         store = self.features.get(row["segment"])
