@@ -210,8 +210,11 @@ def test_ctrl_c_during_a_ray_add_keeps_the_last_commit_and_stops_ray(photos, tmp
     index_dir = tmp_path / "x.vlad"
     Index.build(photos / "more", index=index_dir, workers=2, progress=False, **SMALL)
     before_index, before_ray = info(index_dir), ray_processes()
-    make_images(tmp_path / "new", 160, seed=4)  # enough work left after the first segment (40 raced the signal in CI)
-    process = popen_cli("add", str(index_dir), str(tmp_path / "new"), "--ray", "--quiet")
+    make_images(tmp_path / "new", 160, seed=4)
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: give the
+    # CLI the default disposition, as an interactive terminal would.
+    process = popen_cli("add", str(index_dir), str(tmp_path / "new"), "--ray", "--quiet",
+                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list((index_dir / "staging").glob("*/seg-*")) and time.monotonic() < deadline \
             and process.poll() is None:
