@@ -270,3 +270,31 @@ def test_cached_features_read_only_the_screened_head_until_all_are_needed(collec
     full = index.snapshot.cached_features(rows[image_id])
     assert np.array_equal(keypoints, full[0][:256]) and np.array_equal(descriptors, full[1][:256])
     assert np.array_equal(lazy[1], full[1]) and len(lazy[0]) == lazy.feature_count
+
+
+def test_an_image_that_cannot_be_read_again_is_named_and_bad_arguments_fail_first(tmp_path):
+    """Without a feature cache, photos are decoded again: one damaged since the build is
+    reported (not silently unverified); an output folder that does not exist, or a negative
+    count, is refused before any work."""
+    pytest.importorskip("skimage")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        _write(photos, f"{name}.jpg", photo(name))
+    image = photo("astronaut")
+    _write(photos, "astronaut_small.jpg", cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2)))
+    index = tmp_path / "photos.vlad"
+    cli("build", str(photos), "--index", str(index), "--quiet", "--workers", "2")
+    (photos / "chelsea.jpg").write_bytes(b"not a jpeg any more")
+    data = json.loads(cli("duplicates", str(index), "--json", "--quiet", "--workers", "2").stdout)
+    assert data["unreadable"] == ["chelsea.jpg"]
+    assert [sorted(g["images"]) for g in data["groups"]] == [["astronaut.jpg", "astronaut_small.jpg"]]
+    table = cli("duplicates", str(index), "--quiet", "--workers", "2").stdout
+    assert "1 images were not verified" in table and "chelsea.jpg" in table
+
+    for args in (("--html", str(tmp_path / "missing" / "report.html")), ("--screen", "-1"), ("--neighbors", "0")):
+        done = cli("duplicates", str(index), *args, check=False)
+        assert done.returncode == 2 and "duplicates" not in done.stdout
+        assert "does not exist" in done.stderr or "must be" in done.stderr
+    done = cli("pairs", str(index), "--top", "2", "--output", str(tmp_path / "missing" / "pairs.txt"), check=False)
+    assert done.returncode == 2 and "folder" in done.stderr and not (tmp_path / "missing").exists()

@@ -9,6 +9,7 @@ import sys
 import warnings
 
 from vladsearch import __version__
+from vladsearch.arguments import positive_int
 from vladsearch.distributed import executor_report
 from vladsearch.encoder import PRESETS, preset_params
 from vladsearch.features import EXTRACTORS
@@ -28,15 +29,8 @@ EPILOG = """examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=_positive_int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes for decoding and extraction (default: all cores)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -63,11 +57,11 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("--index", required=True, metavar="PATH", help="index directory to write (e.g. photos.vlad)")
     features_help = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in EXTRACTORS.items())
     build.add_argument("--features", default="sift", choices=list(EXTRACTORS), help=f"local features ({features_help})")
-    build.add_argument("--clusters", "-k", type=_positive_int, default=64, help="visual words K (default 64)")
+    build.add_argument("--clusters", "-k", type=positive_int, default=64, help="visual words K (default 64)")
     build.add_argument("--weights", metavar="PATH", help="weights file for learned features")
     build.add_argument("--max-side", type=int, default=1024, metavar="PX",
                        help="downscale images so the longer side is at most PX (0: never; default 1024)")
-    build.add_argument("--max-keypoints", type=_positive_int, default=None, help="keep the N strongest keypoints")
+    build.add_argument("--max-keypoints", type=positive_int, default=None, help="keep the N strongest keypoints")
     build.add_argument("--pca", type=int, default=0, metavar="DIM", help="PCA-whiten VLAD vectors to DIM (default 0: off)")
     build.add_argument("--no-whiten", action="store_true", help="with --pca: project without whitening")
     build.add_argument("--no-intra", action="store_true", help="disable intra-normalisation")
@@ -77,7 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
                             "in RAM, full vectors on disk re-rank the candidates (millions of images; docs/SCALE.md)")
     build.add_argument("--factory", default="Flat",
                        help="faiss index factory string (default Flat = exact; e.g. IVF1024,Flat, IVF1024,PQ32np or HNSW32)")
-    build.add_argument("--codebook-images", type=_positive_int, default=500,
+    build.add_argument("--codebook-images", type=positive_int, default=500,
                        help="images sampled to train the codebook (default 500)")
     build.add_argument("--keep-features", type=int, nargs="?", const=RERANK_KEYPOINTS, default=0, metavar="N",
                        help="cache the N strongest local features per image (default N 1024, about "
@@ -98,7 +92,7 @@ def _build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="find the most similar indexed images")
     search.add_argument("index", metavar="INDEX")
     search.add_argument("queries", nargs="+", metavar="QUERY_IMAGE_OR_DIR")
-    search.add_argument("--top", "-k", type=_positive_int, default=10, help="matches per query (default 10)")
+    search.add_argument("--top", "-k", type=positive_int, default=10, help="matches per query (default 10)")
     output = search.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--csv", action="store_true", help="print CSV")
@@ -111,7 +105,7 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="with --rerank on sift/rootsift: also verify the mirrored query, so flipped copies verify")
     search.add_argument("--query-expansion", "--qe", type=int, default=0, metavar="N",
                         help="search again with the query averaged with its N best (verified) matches (αQE)")
-    search.add_argument("--nprobe", type=_positive_int, default=None,
+    search.add_argument("--nprobe", type=positive_int, default=None,
                         help="IVF indexes: lists to visit per query (more = slower, more exact)")
     search.add_argument("--weights", metavar="PATH", help="weights file (default: the one recorded at build)")
     search.add_argument("--root", metavar="PHOTOS_DIR", help="where the indexed photos are now (default: found "

@@ -113,6 +113,7 @@ class FeatureSource:
     def __init__(self, index: Index, rows: dict[int, dict[str, Any]], workers: int | None) -> None:
         self.index, self.rows, self.workers = index, rows, workers
         self.extracted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.unreadable: set[int] = set()  # no cache, and the photo could not be decoded again
 
     def load(self, ids: set[int]) -> None:
         """Re-extract (in parallel) the images of `ids` that have no cached features; forget older ones."""
@@ -125,6 +126,7 @@ class FeatureSource:
         if wanted:
             self.extracted.update(database_features(self.index.encoder, snapshot, self.index.root, wanted,
                                                     self.workers))
+            self.unreadable.update(i for i in wanted if i not in self.extracted)
 
     def __call__(self, image_id: int) -> tuple[np.ndarray, np.ndarray] | CachedFeatures | None:
         if image_id in self.extracted:

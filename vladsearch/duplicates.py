@@ -97,6 +97,7 @@ class DuplicateReport:
     candidates: int = 0
     verified: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)  # paths without cached features that failed to decode
 
 
 def keep_order(row: dict[str, Any]) -> tuple:
@@ -307,7 +308,9 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
     copy_verdicts = {p: v for p, v in verdicts.items() if is_copy(v, min_inliers, min_thickness, min_affine)}
     groups = _with_exact_copies(components, exact, rows, copy_verdicts, similarity)
     used = {i for g in groups for i in g.ids}
+    unreadable = sorted(rows[i]["path"] for i in source.unreadable)
     return DuplicateReport(groups, {i: rows[i] for i in used}, candidates=candidates, verified=len(verdicts),
+                           unreadable=unreadable,
                            timings=timings)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vladsearch.arguments import non_negative_int, output_file, positive_int
 from vladsearch.duplicates import (
     DEFAULT_MIN_INLIERS,
     DEFAULT_MIN_SIMILARITY,
@@ -51,7 +52,7 @@ def report_to_dict(report: DuplicateReport) -> dict[str, Any]:
                "remove": [rows[i]["path"] for i in g.ids if i != g.keep],
                "pairs": [_pair_json(p, rows) for p in g.pairs]} for g in report.groups]
     return {"groups": groups, "candidate_pairs": report.candidates, "verified_pairs": report.verified,
-            "timings": {k: round(v, 3) for k, v in report.timings.items()}}
+            "unreadable": report.unreadable, "timings": {k: round(v, 3) for k, v in report.timings.items()}}
 
 
 def report_to_json(report: DuplicateReport) -> str:
@@ -81,6 +82,10 @@ def report_to_table(report: DuplicateReport) -> str:
     removable = sum(len(g.ids) - 1 for g in report.groups)
     lines.append(f"{len(report.groups)} groups; {removable} images could be removed "
                  f"({report.candidates} candidate pairs, {report.verified} verified). Nothing was deleted.")
+    if report.unreadable:
+        lines.append(f"{len(report.unreadable)} images were not verified: no cached features and the file could "
+                     f"not be decoded again (moved, deleted or damaged): {', '.join(report.unreadable[:10])}"
+                     + (" …" if len(report.unreadable) > 10 else ""))
     return "\n".join(lines)
 
 
@@ -186,25 +191,25 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the groups as JSON")
     output.add_argument("--csv", action="store_true", help="print one line per image: group, path, keep, size")
-    parser.add_argument("--html", metavar="REPORT.html", help="also write a one-page report with thumbnails")
-    parser.add_argument("--neighbors", type=int, default=DEFAULT_NEIGHBORS, metavar="K",
+    parser.add_argument("--html", type=output_file, metavar="REPORT.html", help="also write a one-page report with thumbnails")
+    parser.add_argument("--neighbors", type=positive_int, default=DEFAULT_NEIGHBORS, metavar="K",
                         help=f"nearest images of each image that are verified (default {DEFAULT_NEIGHBORS})")
-    parser.add_argument("--min-inliers", type=int, default=DEFAULT_MIN_INLIERS, metavar="N",
+    parser.add_argument("--min-inliers", type=positive_int, default=DEFAULT_MIN_INLIERS, metavar="N",
                         help=f"homography inliers for a verified pair (default {DEFAULT_MIN_INLIERS})")
     parser.add_argument("--min-similarity", type=float, default=DEFAULT_MIN_SIMILARITY, metavar="S",
                         help=f"skip neighbours whose VLAD similarity is below S (default {DEFAULT_MIN_SIMILARITY})")
-    parser.add_argument("--screen", type=int, default=DEFAULT_SCREEN_KEYPOINTS, metavar="N",
+    parser.add_argument("--screen", type=non_negative_int, default=DEFAULT_SCREEN_KEYPOINTS, metavar="N",
                         help=f"first match only the N strongest features of each image; pairs under "
                              f"--screen-inliers there are rejected (default {DEFAULT_SCREEN_KEYPOINTS}; 0: off)")
-    parser.add_argument("--screen-inliers", type=int, default=DEFAULT_SCREEN_INLIERS, metavar="M",
+    parser.add_argument("--screen-inliers", type=non_negative_int, default=DEFAULT_SCREEN_INLIERS, metavar="M",
                         help=f"inliers the first pass needs (default {DEFAULT_SCREEN_INLIERS})")
     parser.add_argument("--grouping", choices=GROUPINGS, default="keep",
                         help="keep: every member verified against the kept image (default); "
                              "components: connected components of verified pairs")
     parser.add_argument("--no-mirror", action="store_true", help="do not verify mirrored copies (SIFT)")
-    parser.add_argument("--nprobe", type=int, default=None, help="IVF indexes: lists to visit per query")
+    parser.add_argument("--nprobe", type=positive_int, default=None, help="IVF indexes: lists to visit per query")
     parser.add_argument("--root", metavar="PHOTOS_DIR", help="where the indexed photos are now")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_cli)
     return parser

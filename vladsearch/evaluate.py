@@ -20,6 +20,7 @@ from typing import Any
 
 import cv2
 
+from vladsearch.arguments import non_negative_int, positive_int
 from vladsearch.datasets import PROTOCOLS, Dataset, Query, load_dataset
 from vladsearch.features import EXTRACTORS
 from vladsearch.metrics import METRIC_KEYS, score_query, summarize
@@ -151,20 +152,6 @@ EVALUATE_EXAMPLES = """examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the `evaluate` subcommand on an argparse subparsers object; returns its parser."""
     parser = subparsers.add_parser(
@@ -176,22 +163,22 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", metavar="DATASET_DIR")
     parser.add_argument("--features", default="sift", choices=list(EXTRACTORS), help="local features (default sift)")
-    parser.add_argument("--clusters", "-k", type=_positive_int, default=None, help="visual words K (default: the index's)")
-    parser.add_argument("--rerank", type=_non_negative_int, default=0, metavar="N",
+    parser.add_argument("--clusters", "-k", type=positive_int, default=None, help="visual words K (default: the index's)")
+    parser.add_argument("--rerank", type=non_negative_int, default=0, metavar="N",
                         help="geometrically verify the N best candidates (default 0: off)")
-    parser.add_argument("--query-expansion", "--qe", type=_non_negative_int, default=0, metavar="N",
+    parser.add_argument("--query-expansion", "--qe", type=non_negative_int, default=0, metavar="N",
                         help="αQE: search again with the query averaged with its N best (verified) matches")
     parser.add_argument("--mirrored", action="store_true",
                         help="with --rerank on sift/rootsift: also verify the mirrored query (flipped copies)")
     parser.add_argument("--index", metavar="DIR",
                         help="reuse the index in DIR if present, else build and save it there")
-    parser.add_argument("--max-side", type=_non_negative_int, default=None, metavar="PX",
+    parser.add_argument("--max-side", type=non_negative_int, default=None, metavar="PX",
                         help="downscale images to this longer side (0: never; default: the index's)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="medium",
                         help="revisited Oxford/Paris protocol (default medium)")
     parser.add_argument("--interpolation", choices=("step", "trapezoid"), default=None,
                         help="AP rule (default: the dataset's official one; step for the vladsearch layout)")
-    parser.add_argument("--workers", type=_positive_int, default=None, help="processes for extraction (default: all cores)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes for extraction (default: all cores)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_cli)

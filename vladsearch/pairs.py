@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vladsearch import catalog
+from vladsearch.arguments import non_negative_int, output_file, positive_int
 from vladsearch.rerank import DEFAULT_MIN_INLIERS_BY_MODEL, MIN_SAMPLE
 
 if TYPE_CHECKING:
@@ -170,22 +171,22 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Write one 'name0 name1' line per image pair: each image with its K nearest other images, "
                     "optionally its N neighbours in name order; names as indexed; each pair once.")
     parser.add_argument("index", metavar="INDEX")
-    parser.add_argument("--top", "-k", type=int, default=20, metavar="K",
+    parser.add_argument("--top", "-k", type=non_negative_int, default=20, metavar="K",
                         help="nearest other images per image (default 20; 0 with --sequential: none)")
-    parser.add_argument("--output", "-o", required=True, metavar="PAIRS.txt")
-    parser.add_argument("--shortlist", type=int, default=DEFAULT_SHORTLIST, metavar="S",
+    parser.add_argument("--output", "-o", type=output_file, required=True, metavar="PAIRS.txt")
+    parser.add_argument("--shortlist", type=non_negative_int, default=DEFAULT_SHORTLIST, metavar="S",
                         help=f"choose each image's K pairs among its S nearest, reranked by geometric inliers "
                              f"(default {DEFAULT_SHORTLIST}; 0: the K nearest by VLAD alone, no verification)")
-    parser.add_argument("--sequential", type=int, default=0, metavar="N",
+    parser.add_argument("--sequential", type=non_negative_int, default=0, metavar="N",
                         help="also pair each image with its N next images in name order (video frames)")
     parser.add_argument("--verified", action="store_true", help="keep only pairs that verify geometrically")
     parser.add_argument("--model", choices=list(MIN_SAMPLE), default="fundamental",
                         help="the geometric model of --verified and --shortlist (default fundamental)")
-    parser.add_argument("--min-inliers", type=int, default=None, metavar="N",
+    parser.add_argument("--min-inliers", type=positive_int, default=None, metavar="N",
                         help="with --verified: inliers needed (default 30 for fundamental, 15 for homography)")
-    parser.add_argument("--nprobe", type=int, default=None, help="IVF indexes: lists to visit per query")
+    parser.add_argument("--nprobe", type=positive_int, default=None, help="IVF indexes: lists to visit per query")
     parser.add_argument("--root", metavar="PHOTOS_DIR", help="where the indexed photos are now")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     parser.set_defaults(func=run_cli)
     return parser
 

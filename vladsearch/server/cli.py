@@ -6,19 +6,14 @@ import argparse
 import os
 import sys
 
+from vladsearch.arguments import positive_int
+
 SERVE_EXAMPLES = """examples:
   vladsearch serve photos.vlad                      # http://127.0.0.1:8000/ (page), /docs (API)
   vladsearch serve photos.vlad --workers 4 --port 9000
   VLADSEARCH_TOKEN=secret vladsearch serve photos.vlad --host 0.0.0.0
 """
 INSTALL = 'pip install "vladsearch[serve]"   (FastAPI, uvicorn, python-multipart)'
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -33,7 +28,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only; any other needs --token)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    parser.add_argument("--workers", type=_positive_int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="threads answering searches at once, in this one process (default: all cores); "
                              "each search runs on one of them (OpenCV may use idle cores inside it)")
     parser.add_argument("--queue", type=int, default=32, metavar="N",
@@ -43,7 +38,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "cannot read in the process list; none on loopback)")
     parser.add_argument("--max-upload-mb", type=float, default=32.0,
                         help="largest request body in MiB, uploads included (default 32; larger: 413)")
-    parser.add_argument("--max-pixels", type=_positive_int, default=50_000_000, metavar="N",
+    parser.add_argument("--max-pixels", type=positive_int, default=50_000_000, metavar="N",
                         help="largest uploaded image in pixels, read from its header (default 50,000,000; larger: 400)")
     parser.add_argument("--refresh-interval", type=float, default=1.0, metavar="S",
                         help="seconds between checks for other processes' commits (default 1)")
