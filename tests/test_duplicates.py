@@ -224,6 +224,8 @@ def test_binary_code_search_finds_what_the_exact_index_finds(collection):
     assert not exact.approximate and approximate.approximate
     D_exact, I_exact = exact.search(exact.vectors(ids), 3)
     D, I = approximate.search(approximate.vectors(ids), 3)
+    D_reused, I_reused = approximate.search_indexed(ids, 3)  # stored codes instead of re-encoding
+    assert np.array_equal(I_reused, I) and np.array_equal(D_reused, D)
     # each image finds itself first (or its byte-identical copy, tied with it)
     assert all(i in found[:2] for i, found in zip(ids, I)) and np.allclose(D[:, 0], 1.0, atol=0.01)
     copies = [(found[1], found_approx) for found, scores, found_approx in zip(I_exact, D_exact, I) if scores[1] > 0.3]

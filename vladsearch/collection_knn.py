@@ -85,12 +85,24 @@ class CollectionSearch:
         """xq nq×dim float32 -> (D nq×k scores, I nq×k image ids, -1 padded)."""
         if not self.approximate:
             return self.index.search_vectors(xq, k, self.nprobe)
+        return self._search_codes(self._encode(xq), k)
+
+    def _search_codes(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, self.codes.ntotal)
-        hamming, positions = self.codes.search(self._encode(xq), k)
+        hamming, positions = self.codes.search(codes, k)
         bits = self.projection.shape[1]
         cosines = np.cos(np.pi * hamming.astype(np.float32) / bits)  # P(bit differs) = angle / π
         found = np.where(positions >= 0, self.ids[np.maximum(positions, 0)], -1)
         return cosines.astype(np.float32), found
+
+    def search_indexed(self, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`search` with the stored vectors of indexed images `ids` as queries (with codes, their
+        codes are reused rather than read and projected again)."""
+        if not self.approximate:
+            return self.search(self.vectors(ids), k)
+        positions = np.searchsorted(self.ids, ids)  # self.ids: the snapshot's ids, ascending
+        codes = np.stack([self.codes.reconstruct(int(p)) for p in positions])
+        return self._search_codes(codes, k)
 
     # --- the binary codes ---------------------------------------------------------------
     def _encode(self, x: np.ndarray) -> np.ndarray:

@@ -146,7 +146,7 @@ def candidate_blocks(index: Index, query_ids: np.ndarray, searcher: CollectionSe
     tried: dict[tuple[int, int], set[bool]] = {}
     for start in range(0, len(query_ids), block):
         ids = query_ids[start:start + block]
-        D, I = searcher.search(searcher.vectors(ids), k)
+        D, I = searcher.search_indexed(ids, k)
         results = [(False, a, d, i) for a, d, i in zip(ids, D, I)]
         if mirror_source is not None:
             Dm, Im = searcher.search(mirrored_vectors(index, mirror_source, ids, mirror_source.workers), k)

@@ -61,7 +61,7 @@ def neighbour_lists(index: Index, ids: np.ndarray, depth: int, nprobe: int | Non
     k = min(len(ids), depth + 1)
     for start in range(0, len(ids), block):
         chunk = ids[start:start + block]
-        _, I = searcher.search(searcher.vectors(chunk), k)
+        _, I = searcher.search_indexed(chunk, k)
         yield [(int(a), [int(b) for b in found if b >= 0 and b != a][:depth]) for a, found in zip(chunk, I)]
 
 
