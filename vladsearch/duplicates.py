@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vladsearch import catalog
-from vladsearch.collection_knn import CollectionSearch, FeatureSource, mirrored_vectors
+from vladsearch.collection_knn import EXACT_LIMIT, CollectionSearch, FeatureSource, mirrored_vectors
 from vladsearch.pair_verification import PairVerdict, verify_pairs
 from vladsearch.progress import progress_bar
 from vladsearch.rerank import DEFAULT_MIN_INLIERS
@@ -234,7 +234,7 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
                     min_affine: float = DEFAULT_MIN_AFFINE, grouping: str = "keep", mirror: bool | None = None,
                     workers: int | None = None, progress: bool = False, nprobe: int | None = None,
                     screen: int = DEFAULT_SCREEN_KEYPOINTS, screen_inliers: int = DEFAULT_SCREEN_INLIERS,
-                    exact_limit: int | None = None) -> DuplicateReport:
+                    exact_limit: int = EXACT_LIMIT) -> DuplicateReport:
     """Every group of near-duplicate images in the index; see the module docstring for the steps."""
     import time
 
@@ -254,8 +254,7 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
     live = snapshot.loaded_ids
     queries = np.array([i for i in live if representative.get(int(i), int(i)) == int(i)], np.int64)
     source = FeatureSource(index, rows, workers)
-    searcher = CollectionSearch(index, rows, nprobe=nprobe, **({} if exact_limit is None else
-                                                               {"exact_limit": exact_limit}))
+    searcher = CollectionSearch(index, rows, exact_limit=exact_limit, nprobe=nprobe)
     timings["knn_index"] = time.perf_counter() - start
     # Only verified pairs are kept (memory: a few per duplicate image, not ~16 per image);
     # the keys of every pair tried are kept as int64s, so that none is verified twice.
