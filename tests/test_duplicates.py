@@ -226,6 +226,11 @@ def test_screening_rejects_unrelated_pairs_and_keeps_copies():
     unrelated = verify_pair(features(photo("coffee")), features(photo("chelsea")), mirror=True, screen=256,
                             screen_inliers=8)
     assert unrelated[0] < 8 and unrelated[2:] == (0.0, 0.0, 1.0)  # rejected by the first pass
+    # a pair only a mirrored VLAD proposed, whose plain VLAD similarity is far lower, is matched mirrored only
+    assert verify_pair(copy, features(image), mirror="mirrored only") == full
+    plain_copy = features(image[h // 8:, : w - w // 6])
+    assert verify_pair(plain_copy, features(image), mirror="mirrored only")[0] < 15
+    assert verify_pair(plain_copy, features(image), mirror="mirrored")[0] >= 15  # mirrored, then as is
 
 
 def test_binary_code_search_finds_what_the_exact_index_finds(collection):
@@ -251,6 +256,9 @@ def test_binary_code_search_finds_what_the_exact_index_finds(collection):
     copies = [(found[1], found_approx) for found, scores, found_approx in zip(I_exact, D_exact, I) if scores[1] > 0.3]
     assert len(copies) >= 10 and all(nearest in found_approx for nearest, found_approx in copies)
     assert np.all(np.abs(D - np.clip(D, -1, 1)) == 0)  # cosines estimated from Hamming distances
+    # pair similarities are on the scale the search reports: exact cosines, or the codes' estimate
+    assert np.allclose(approximate.similarities(ids, I[:, 1]), D[:, 1], atol=1e-5)
+    assert np.allclose(exact.similarities(ids, I_exact[:, 1]), D_exact[:, 1], atol=1e-4)
     groups = {tuple(g.ids) for g in find_duplicates(index, workers=2).groups}
     assert {tuple(g.ids) for g in find_duplicates(index, workers=2, exact_limit=0).groups} == groups
 

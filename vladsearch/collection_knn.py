@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 EXACT_LIMIT = 5_000  # above this many images an exact index is searched through binary codes
 CODE_BITS = 2048
+_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1, dtype=np.uint8)  # bits set per byte
 READ_BLOCK = 8192  # vectors read from the segments at once while encoding (256 MiB at 8,192-d)
 
 
@@ -74,6 +75,7 @@ class CollectionSearch:
         self.approximate = snapshot.coder is None and len(snapshot.loaded_ids) > exact_limit
         self.projection: np.ndarray | None = None
         self.codes = None
+        self.code_array = np.zeros((0, bits // 8), np.uint8)
         self.ids = np.zeros(0, np.int64)
         if self.approximate:
             self._build(np.asarray(snapshot.loaded_ids, np.int64), seed, bits)
@@ -100,9 +102,22 @@ class CollectionSearch:
         codes are reused rather than read and projected again)."""
         if not self.approximate:
             return self.search(self.vectors(ids), k)
-        positions = np.searchsorted(self.ids, ids)  # self.ids: the snapshot's ids, ascending
-        codes = np.stack([self.codes.reconstruct(int(p)) for p in positions])
-        return self._search_codes(codes, k)
+        return self._search_codes(self.code_array[np.searchsorted(self.ids, ids)], k)  # self.ids: ascending
+
+    def similarities(self, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+        """Cosines of the pairs (a[i], b[i]) of indexed images, on the scale `search` reports
+        (estimated from the codes when it searches through them); None for a compact-code
+        index (its stored vectors are not read pair by pair)."""
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        if self.approximate:
+            codes = self.code_array
+            differing = _POPCOUNT[codes[np.searchsorted(self.ids, a)] ^ codes[np.searchsorted(self.ids, b)]]
+            return np.cos(np.pi * differing.sum(axis=1, dtype=np.float32) / self.projection.shape[1])
+        if self.index.snapshot.coder is not None:
+            return None
+        unique, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+        x = self.vectors(unique)
+        return np.einsum("ij,ij->i", x[inverse[:len(a)]], x[inverse[len(a):]])
 
     # --- the binary codes ---------------------------------------------------------------
     def _encode(self, x: np.ndarray) -> np.ndarray:
@@ -112,9 +127,10 @@ class CollectionSearch:
         faiss = _faiss()
         dim = self.index.encoder.dim
         self.projection = np.random.default_rng(seed).standard_normal((dim, bits), dtype=np.float32)
+        self.code_array = np.concatenate([self._encode(self.vectors(ids[start:start + READ_BLOCK]))
+                                          for start in range(0, len(ids), READ_BLOCK)])  # row i: ids[i]
         self.codes = faiss.IndexBinaryFlat(bits)
-        for start in range(0, len(ids), READ_BLOCK):
-            self.codes.add(self._encode(self.vectors(ids[start:start + READ_BLOCK])))
+        self.codes.add(self.code_array)
         self.ids = ids  # faiss binary ids are insertion positions
 
 

@@ -71,6 +71,10 @@ DEFAULT_MAX_ANISOTROPY = 1.08
 DEFAULT_SCREEN_KEYPOINTS = 256
 DEFAULT_SCREEN_INLIERS = 8
 QUERY_BLOCK = 1024
+# A pair that only a mirrored vector proposed is matched mirrored, then as is: large groups of
+# plain copies link through such pairs too (their plain cosine is the higher one). When its plain
+# cosine is this far below the mirrored one, it is matched mirrored only (one match instead of two).
+MIRRORED_ONLY_MARGIN = 0.05
 MIN_LINKS = 3  # split_around_keep: copy links into a kept group that admit a member
 GROUPINGS = ("keep", "components")
 
@@ -171,10 +175,15 @@ def candidate_blocks(index: Index, query_ids: np.ndarray, searcher: CollectionSe
                 if score >= min_similarity and flipped not in tried.get(pair, ()):
                     scores[pair] = max(float(score), scores.get(pair, -1.0))  # plain or mirrored query
                     sides[pair].add(flipped)
+        mirrored_only = [pair for pair, new in sides.items() if new == {True}]
+        plain = searcher.similarities(*np.array(mirrored_only, np.int64).T) if mirrored_only else None
+        plain_of = dict(zip(mirrored_only, plain)) if plain is not None else {}
         hints: dict[tuple[int, int], bool | str] = {}
         for pair, new in sides.items():
             tried.setdefault(pair, set()).update(new)
             hints[pair] = True if len(new) == 2 else ("mirrored" if True in new else False)
+            if pair in plain_of and plain_of[pair] < scores[pair] - MIRRORED_ONLY_MARGIN:
+                hints[pair] = "mirrored only"
         yield CandidateBlock(scores, hints)
 
 

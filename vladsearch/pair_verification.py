@@ -154,9 +154,12 @@ def screen_pair(a: FeaturePair, b: FeaturePair, keypoints: int, orientations: Se
 
 
 def orientations_for(mirror: bool | str) -> tuple[bool, ...]:
-    """a's sides to try: False -> as is; True -> as is, then mirrored; "mirrored" -> mirrored, then as is."""
+    """a's sides to try: False -> as is; True -> as is, then mirrored; "mirrored" -> mirrored, then
+    as is; "mirrored only" -> mirrored."""
     if mirror == "mirrored":
         return (True, False)
+    if mirror == "mirrored only":
+        return (True,)
     return (False, True) if mirror else (False,)
 
 
