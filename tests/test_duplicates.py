@@ -14,7 +14,7 @@ from conftest import photo, shared_path
 from live_helpers import cli
 
 from vladsearch.duplicates import connected_components, keep_order, split_around_keep
-from vladsearch.pair_verification import band_thickness, verify_pair
+from vladsearch.pair_verification import band_occupancy, verify_pair
 
 
 def _caption(image: np.ndarray, text: str = "BREAKING NEWS") -> np.ndarray:
@@ -147,7 +147,21 @@ def test_one_object_seen_square_on_and_from_above_is_not_a_copy(tmp_path):
     assert groups == [[f"{v}.jpg", f"{v}_mirror.jpg", f"{v}_small.jpg"] for v in ("LePoint1B", "LePoint2B")]
 
 
-def test_caption_band_is_thin_and_real_overlap_is_not():
+def _meme(image: np.ndarray, top: str = "WHEN YOU SEE IT", bottom: str = "YOU CANNOT UNSEE IT") -> np.ndarray:
+    """Meme text: a banner at the top and one at the bottom, each 14 % of the height."""
+    out = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    h, w = out.shape[:2]
+    band = int(h * 0.14)
+    for text, y in ((top, 0), (bottom, h - band)):
+        cv2.rectangle(out, (0, y), (w, y + band), (30, 30, 30), -1)
+        cv2.putText(out, text, (w // 20, y + band * 3 // 4), cv2.FONT_HERSHEY_DUPLEX, band / 40, (255, 255, 255), 2,
+                    cv2.LINE_AA)
+    return out
+
+
+def test_caption_and_meme_text_verify_only_in_bands_and_real_overlap_does_not():
+    """Shared letters verify (dozens of inliers) but reach few of the image's rows; one banner or
+    two (meme text top and bottom: the 5-95 % width of those inliers spans the whole image)."""
     pytest.importorskip("skimage")
     from vladsearch.features import get_extractor
 
@@ -158,22 +172,40 @@ def test_caption_band_is_thin_and_real_overlap_is_not():
         found = extractor.extract(grey)
         return found.keypoints, found.descriptors
 
-    inliers, _, thickness, _, _ = verify_pair(features(_caption(photo("chelsea"))),
-                                              features(_caption(photo("rocket"))))
-    assert inliers >= 15 and thickness < 0.2  # the letters verify, but only as a band
+    for edit in (_caption, _meme):
+        inliers, _, occupancy, _, _ = verify_pair(features(edit(photo("chelsea"))), features(edit(photo("rocket"))))
+        assert inliers >= 15 and occupancy < 0.3, edit.__name__  # the letters verify, but only in bands
     image = photo("astronaut")
-    inliers, mirrored, thickness, affine, anisotropy = verify_pair(features(cv2.flip(image, 1)), features(image),
-                                                                   mirror=True)
-    assert inliers >= 15 and mirrored and thickness > 0.4 and affine > 0.9 and anisotropy < 1.03
+    inliers, mirrored, occupancy, affine, anisotropy = verify_pair(features(cv2.flip(_meme(image), 1)),
+                                                                   features(image), mirror=True)
+    assert inliers >= 15 and mirrored and occupancy > 0.5 and affine > 0.9 and anisotropy < 1.03
 
 
-def test_band_thickness_oracle():
+def test_band_occupancy_oracle():
     rng = np.random.default_rng(0)
     box = np.array([[0, 0], [1000, 0], [0, 800], [1000, 800]], float)
-    band = np.c_[rng.uniform(100, 900, 200), rng.uniform(700, 740, 200)]
-    assert band_thickness(band, box) == pytest.approx(36 / 800, abs=0.01)
-    spread = np.c_[rng.uniform(0, 1000, 200), rng.uniform(0, 800, 200)]
-    assert band_thickness(spread, box) > 0.8
+    content = np.r_[box, np.c_[rng.uniform(0, 1000, 400), rng.uniform(0, 800, 400)]]
+    band = np.c_[rng.uniform(100, 900, 200), rng.uniform(700, 740, 200)]  # rows 17-18 of 20
+    assert band_occupancy(band, content) == pytest.approx(2 / 20)
+    two_bands = np.r_[band, np.c_[rng.uniform(100, 900, 200), rng.uniform(20, 60, 200)]]
+    assert band_occupancy(two_bands, content) == pytest.approx(4 / 20)  # rows 0-1 and 17-18
+    assert band_occupancy(content[4:], content) == 1.0
+    # only slices that hold keypoints count: inliers over all of a half-empty image reach all of it
+    half = content[content[:, 1] < 400]
+    assert band_occupancy(half[half[:, 0] > 10], half) == 1.0
+
+
+def test_meme_text_on_unrelated_photos_does_not_group_them(tmp_path):
+    """Six unrelated photos with the same meme text top and bottom, and two real copies."""
+    pytest.importorskip("skimage")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins"):
+        _write(photos, f"{name}_meme.jpg", _meme(photo(name)))
+    _write(photos, "astronaut.jpg", photo("astronaut"))
+    cli("build", str(photos), "--index", str(tmp_path / "i.vlad"), "--keep-features", "--quiet", "--workers", "2")
+    data = json.loads(cli("duplicates", str(tmp_path / "i.vlad"), "--json", "--quiet", "--workers", "2").stdout)
+    assert sorted(sorted(g["images"]) for g in data["groups"]) == [["astronaut.jpg", "astronaut_meme.jpg"]]
 
 
 def test_grouping_splits_a_bridge_around_the_keep_image():
