@@ -130,8 +130,9 @@ def test_other_views_of_one_place_are_not_grouped_with_copies(tmp_path):
 
 def test_one_object_seen_square_on_and_from_above_is_not_a_copy(tmp_path):
     """homogr's LePoint1B and LePoint2B show one magazine cover, upright and lying flat: an
-    affine map explains their ~420 inliers, but it foreshortens (anisotropy ≈ 1.2), which no
-    crop, rescale, turn or mirror does. Each photo groups with its own copies only."""
+    affine map explains their ~420 inliers, but it foreshortens (anisotropy ≈ 1.2) along a
+    direction that is not an image axis, which no crop, resize, turn or mirror does. Each photo
+    groups with its own copies only, including one resized to another aspect ratio."""
     images = shared_path("data", "homogr_pairs", "images")
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -141,10 +142,12 @@ def test_one_object_seen_square_on_and_from_above_is_not_a_copy(tmp_path):
         _write(photos, f"{view}.jpg", image)
         _write(photos, f"{view}_small.jpg", cv2.resize(image, (w * 3 // 5, h * 3 // 5), interpolation=cv2.INTER_AREA))
         _write(photos, f"{view}_mirror.jpg", cv2.flip(image, 1))
+        _write(photos, f"{view}_squashed.jpg", cv2.rotate(cv2.resize(image, (w * 3 // 4, h)), cv2.ROTATE_90_CLOCKWISE))
     cli("build", str(photos), "--index", str(tmp_path / "i.vlad"), "--keep-features", "--quiet", "--workers", "2")
     data = json.loads(cli("duplicates", str(tmp_path / "i.vlad"), "--json", "--quiet", "--workers", "2").stdout)
     groups = sorted(sorted(g["images"]) for g in data["groups"])
-    assert groups == [[f"{v}.jpg", f"{v}_mirror.jpg", f"{v}_small.jpg"] for v in ("LePoint1B", "LePoint2B")]
+    assert groups == [[f"{v}.jpg", f"{v}_mirror.jpg", f"{v}_small.jpg", f"{v}_squashed.jpg"]
+                      for v in ("LePoint1B", "LePoint2B")]
 
 
 def _meme(image: np.ndarray, top: str = "WHEN YOU SEE IT", bottom: str = "YOU CANNOT UNSEE IT") -> np.ndarray:
@@ -173,12 +176,15 @@ def test_caption_and_meme_text_verify_only_in_bands_and_real_overlap_does_not():
         return found.keypoints, found.descriptors
 
     for edit in (_caption, _meme):
-        inliers, _, occupancy, _, _ = verify_pair(features(edit(photo("chelsea"))), features(edit(photo("rocket"))))
+        inliers, _, occupancy, *_ = verify_pair(features(edit(photo("chelsea"))), features(edit(photo("rocket"))))
         assert inliers >= 15 and occupancy < 0.3, edit.__name__  # the letters verify, but only in bands
     image = photo("astronaut")
-    inliers, mirrored, occupancy, affine, anisotropy = verify_pair(features(cv2.flip(_meme(image), 1)),
-                                                                   features(image), mirror=True)
-    assert inliers >= 15 and mirrored and occupancy > 0.5 and affine > 0.9 and anisotropy < 1.03
+    inliers, mirrored, occupancy, affine, anisotropy, skew = verify_pair(features(cv2.flip(_meme(image), 1)),
+                                                                         features(image), mirror=True)
+    assert inliers >= 15 and mirrored and occupancy > 0.5 and affine > 0.9 and anisotropy < 1.03 and skew < 0.01
+    h, w = image.shape[:2]
+    squashed = verify_pair(features(cv2.resize(image, (w, h * 3 // 4))), features(image))
+    assert squashed[0] >= 15 and squashed[4] == pytest.approx(4 / 3, abs=0.01) and squashed[5] < 0.01
 
 
 def test_band_occupancy_oracle():
@@ -257,7 +263,7 @@ def test_screening_rejects_unrelated_pairs_and_keeps_copies():
     assert screened[0] >= 15 and screened[1] and screened == full  # passes the screen, then the full match
     unrelated = verify_pair(features(photo("coffee")), features(photo("chelsea")), mirror=True, screen=256,
                             screen_inliers=8)
-    assert unrelated[0] < 8 and unrelated[2:] == (0.0, 0.0, 1.0)  # rejected by the first pass
+    assert unrelated[0] < 8 and unrelated[2:] == (0.0, 0.0, 1.0, 0.0)  # rejected by the first pass
     # a pair only a mirrored VLAD proposed, whose plain VLAD similarity is far lower, is matched mirrored only
     assert verify_pair(copy, features(image), mirror="mirrored only") == full
     plain_copy = features(image[h // 8:, : w - w // 6])

@@ -12,9 +12,11 @@ much of each image's keypoint-bearing extent the inliers reach along its rows an
 (text drawn on unrelated photographs — a caption banner, meme text at the top and bottom —
 verifies through the letters alone, but those inliers sit in one or two bands), `affine`,
 the fraction of inliers one affine map explains (edited copies are affine images of their
-source; another viewpoint needs perspective), and `anisotropy`, how unequally that map
-scales two directions (a copy is scaled alike in every direction; a planar object seen
-square-on in one photo and obliquely in another is foreshortened).
+source; another viewpoint needs perspective), `anisotropy`, how unequally that map scales
+two directions, and `skew`, how far it turns the image's x and y axes from perpendicular.
+A copy is scaled alike in every direction, or resized to another aspect ratio, which keeps
+the axes perpendicular; a planar object seen square-on in one photo and obliquely in
+another is foreshortened along some other direction.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class PairVerdict:
     occupancy: float = 0.0
     affine: float = 0.0
     anisotropy: float = 1.0
+    skew: float = 0.0
 
 
 def mirrored_features(keypoints: np.ndarray, descriptors: np.ndarray) -> FeaturePair:
@@ -97,30 +100,40 @@ def _slices_hit(values: np.ndarray, low: float, high: float, bins: int) -> np.nd
 
 
 def affine_fit(points_a: np.ndarray, points_b: np.ndarray,
-               threshold: float = DEFAULT_THRESHOLD_PX) -> tuple[float, float]:
-    """(fraction of homography inliers one affine map also explains, that map's anisotropy).
+               threshold: float = DEFAULT_THRESHOLD_PX) -> tuple[float, float, float]:
+    """(fraction of homography inliers one affine map also explains, its anisotropy, its skew).
 
     Edited copies (crop, rescale, rotation, mirror) are similarity images of their source:
-    an affine map explains them, and it scales every direction alike (anisotropy, the ratio
-    of its singular values, ≤ 1.031 over 2,684 verified copy pairs of the benchmark collections). Another viewpoint needs the
-    perspective part of the homography, or foreshortens: a magazine cover seen square-on and
-    from above is an affine image of itself at anisotropy 1.2. The fit is at `threshold` px of
-    1024. points_a, points_b: M×2 matched inlier positions -> ([0, 1], ≥ 1).
+    an affine map explains them and scales every direction alike (anisotropy, the ratio of
+    its singular values, ≤ 1.031 over 2,684 verified copy pairs of the benchmark
+    collections). A resize to another aspect ratio, before or after a turn, scales unequally
+    but keeps the image's axes perpendicular: skew, |cos| of the angle between the images of
+    the x and y axes (or of the rows, for a turn before the resize), ≤ 0.004 measured.
+    Another viewpoint needs the perspective part of the homography, or foreshortens along
+    another direction: a magazine cover seen square-on and from above is an affine image of
+    itself at anisotropy 1.19, skew 0.021; graf's frames 1-2 1.17, 0.019. The fit is at
+    `threshold` px of 1024. points_a, points_b: M×2 matched inlier positions -> ([0, 1], ≥ 1, [0, 1]).
     """
     if len(points_a) < 3:
-        return 0.0, 1.0
+        return 0.0, 1.0, 0.0
     a = points_a * _reference_scale(points_a)
     b = points_b * _reference_scale(points_b)
     try:
         model, mask = cv2.estimateAffine2D(a, b, method=cv2.RANSAC, ransacReprojThreshold=threshold,
                                            maxIters=2000, confidence=0.999, refineIters=10)
     except cv2.error:
-        return 0.0, 1.0
+        return 0.0, 1.0, 0.0
     if model is None or mask is None:
-        return 0.0, 1.0
-    singular = np.linalg.svd(model[:, :2], compute_uv=False)
-    anisotropy = float(singular[0] / singular[1]) if singular[1] > 0 else float("inf")
-    return float(mask.sum()) / len(points_a), anisotropy
+        return 0.0, 1.0, 0.0
+    linear = model[:, :2]
+    singular = np.linalg.svd(linear, compute_uv=False)
+    if singular[1] <= 0:
+        return float(mask.sum()) / len(points_a), float("inf"), 1.0
+    return float(mask.sum()) / len(points_a), float(singular[0] / singular[1]), min(_cosine(*linear.T), _cosine(*linear))
+
+
+def _cosine(u: np.ndarray, v: np.ndarray) -> float:
+    return abs(float(u @ v)) / float(np.linalg.norm(u) * np.linalg.norm(v))
 
 
 def _reference_scale(points: np.ndarray) -> float:
@@ -180,7 +193,7 @@ def orientations_for(mirror: bool | str) -> tuple[bool, ...]:
 def verify_pair(a: FeaturePair, b: FeaturePair, mirror: bool | str = False, min_inliers: int = DEFAULT_MIN_INLIERS,
                 model: str = "homography", screen: int = 0, screen_inliers: int = 0,
                 counts: bool = True) -> tuple[int, bool, float, float, float]:
-    """(inliers, mirrored, band occupancy, affine fraction, anisotropy) of one pair of (keypoints N×2, descriptors N×D).
+    """(inliers, mirrored, band occupancy, affine fraction, anisotropy, skew) of one pair of (keypoints N×2, descriptors N×D).
 
     mirror: when the direct match gives fewer than `min_inliers`, match a's mirrored SIFT
     features too and keep the better one (a homography can hold the reflection);
@@ -190,7 +203,7 @@ def verify_pair(a: FeaturePair, b: FeaturePair, mirror: bool | str = False, min_
     than `screen_inliers` inliers there (each side tried) is rejected without the full match
     (the full match costs (N / screen)² as much). 0: no screening.
     The band occupancy and affine fit are computed for pairs that reach `min_inliers`
-    only (0.0, 0.0, 1.0 otherwise). counts=False: a side with fewer tentative matches than it needs
+    only (0.0, 0.0, 1.0, 0.0 otherwise). counts=False: a side with fewer tentative matches than it needs
     inliers is not fitted and counts 0 (`duplicates` only needs the verdict; `pairs` ranks
     by the counts themselves).
     """
@@ -198,7 +211,7 @@ def verify_pair(a: FeaturePair, b: FeaturePair, mirror: bool | str = False, min_
     if screen and screen_inliers and max(_count(a), _count(b)) > screen:
         inliers, flipped = screen_pair(a, b, screen, order, model, 0 if counts else screen_inliers)
         if inliers < screen_inliers:
-            return (inliers, flipped, 0.0, 0.0, 1.0)
+            return (inliers, flipped, 0.0, 0.0, 1.0, 0.0)
         order = (flipped,) + tuple(o for o in order if o != flipped)
     best, best_points = (0, order[0]), None
     for flipped in order:
@@ -209,7 +222,7 @@ def verify_pair(a: FeaturePair, b: FeaturePair, mirror: bool | str = False, min_
         if best[0] >= min_inliers:
             break
     if best_points is None or best[0] < min_inliers:
-        return (*best, 0.0, 0.0, 1.0)
+        return (*best, 0.0, 0.0, 1.0, 0.0)
     kps_a, chosen = best_points
     pa, pb = kps_a[chosen[:, 0]].astype(np.float64), b[0][chosen[:, 1]].astype(np.float64)
     occupancy = min(band_occupancy(pa, kps_a), band_occupancy(pb, b[0]))
