@@ -319,8 +319,12 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
         for verdict in _verify(missing, source, workers, mirror, min_inliers):
             if verdict.inliers >= min_inliers:
                 verdicts[(verdict.a, verdict.b)] = verdict
-        edges = copies()
-        components = [g for c in components for g in split_around_keep(c, edges, order)]
+        component_of = {n: at for at, component in enumerate(components) for n in component}
+        edges_of: dict[int, set[tuple[int, int]]] = defaultdict(set)  # copy edges by component
+        for a, b in copies():
+            if a in component_of and component_of[a] == component_of.get(b):
+                edges_of[component_of[a]].add((a, b))
+        components = [g for at, c in enumerate(components) for g in split_around_keep(c, edges_of[at], order)]
     timings["grouping"] = time.perf_counter() - start - timings["knn_and_verify"] - timings["knn_index"]
     # reported scores: exact VLAD cosines of the pairs that support a group
     exact_needed = [p for p in copies() if searcher.approximate or p not in similarity]
