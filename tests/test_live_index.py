@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from live_helpers import PROJECT, alive, children_of, cli, info, make_images, popen_cli
+from live_helpers import PROJECT, alive, children_of, cli, descendants_of, info, make_images, popen_cli
 
 from vladsearch import Index, catalog, segments
 from vladsearch.catalog import IndexDamagedError, IndexFormatError
@@ -122,6 +122,9 @@ def test_kill_9_of_add_leaves_no_process_and_the_last_commit(base, tmp_path):
         time.sleep(0.1)
     assert workers, "the add never started its workers"
     time.sleep(1.0)  # let it extract and stage a while
+    # every process that may hold the writer's staging lock (a pool started later, a worker's
+    # own child): the next writer may clean the staging area only once they are all gone
+    workers = sorted(set(workers) | set(descendants_of(writer.pid)))
     writer.send_signal(signal.SIGKILL)
     writer.wait()
     deadline = time.time() + 10
