@@ -31,6 +31,26 @@ def _write(folder: Path, name: str, image: np.ndarray) -> None:
     cv2.imwrite(str(folder / name), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
 
 
+def _with_edits(tmp_path: Path, sources: list[Path], edits: dict) -> Path:
+    """A folder with each source as NAME.jpg and, per edit, NAME_EDIT.jpg."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for source in sources:
+        image = cv2.imread(str(source))
+        _write(photos, f"{source.stem}.jpg", image)
+        for edit, make in edits.items():
+            _write(photos, f"{source.stem}_{edit}.jpg", make(image))
+    return photos
+
+
+def _groups_of(photos: Path) -> list[list[str]]:
+    """Index the folder (with a feature cache) beside it and return `duplicates`' groups, sorted."""
+    index = photos.parent / f"{photos.name}.vlad"
+    cli("build", str(photos), "--index", str(index), "--keep-features", "--quiet", "--workers", "2")
+    data = json.loads(cli("duplicates", str(index), "--json", "--quiet", "--workers", "2").stdout)
+    return sorted(sorted(g["images"]) for g in data["groups"])
+
+
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
     """Copies of astronaut and coffee (crop, rescale, 90° turn, mirror, caption, exact) + captioned strangers."""
@@ -114,18 +134,10 @@ def test_other_views_of_one_place_are_not_grouped_with_copies(tmp_path):
     Frames from one tripod position (Oxford bikes, leuven) are grouped: see docs/DUPLICATES.md.
     """
     images = shared_path("data", "oxford_affine_subset", "images")
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for frame in ("graf_img1", "graf_img4"):
-        image = cv2.imread(str(images / f"{frame}.ppm"))
-        h, w = image.shape[:2]
-        _write(photos, f"{frame}.jpg", image)
-        _write(photos, f"{frame}_small.jpg", cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
-        _write(photos, f"{frame}_rot.jpg", cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE))
-    cli("build", str(photos), "--index", str(tmp_path / "i.vlad"), "--keep-features", "--quiet", "--workers", "2")
-    data = json.loads(cli("duplicates", str(tmp_path / "i.vlad"), "--json", "--quiet", "--workers", "2").stdout)
-    groups = sorted(sorted(g["images"]) for g in data["groups"])
-    assert groups == [[f"{f}.jpg", f"{f}_rot.jpg", f"{f}_small.jpg"] for f in ("graf_img1", "graf_img4")]
+    photos = _with_edits(tmp_path, [images / f"{frame}.ppm" for frame in ("graf_img1", "graf_img4")], {
+        "small": lambda image: cv2.resize(image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA),
+        "rot": lambda image: cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)})
+    assert _groups_of(photos) == [[f"{f}.jpg", f"{f}_rot.jpg", f"{f}_small.jpg"] for f in ("graf_img1", "graf_img4")]
 
 
 def test_one_object_seen_square_on_and_from_above_is_not_a_copy(tmp_path):
@@ -134,20 +146,12 @@ def test_one_object_seen_square_on_and_from_above_is_not_a_copy(tmp_path):
     direction that is not an image axis, which no crop, resize, turn or mirror does. Each photo
     groups with its own copies only, including one resized to another aspect ratio."""
     images = shared_path("data", "homogr_pairs", "images")
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for view in ("LePoint1B", "LePoint2B"):
-        image = cv2.imread(str(images / f"{view}.png"))
-        h, w = image.shape[:2]
-        _write(photos, f"{view}.jpg", image)
-        _write(photos, f"{view}_small.jpg", cv2.resize(image, (w * 3 // 5, h * 3 // 5), interpolation=cv2.INTER_AREA))
-        _write(photos, f"{view}_mirror.jpg", cv2.flip(image, 1))
-        _write(photos, f"{view}_squashed.jpg", cv2.rotate(cv2.resize(image, (w * 3 // 4, h)), cv2.ROTATE_90_CLOCKWISE))
-    cli("build", str(photos), "--index", str(tmp_path / "i.vlad"), "--keep-features", "--quiet", "--workers", "2")
-    data = json.loads(cli("duplicates", str(tmp_path / "i.vlad"), "--json", "--quiet", "--workers", "2").stdout)
-    groups = sorted(sorted(g["images"]) for g in data["groups"])
-    assert groups == [[f"{v}.jpg", f"{v}_mirror.jpg", f"{v}_small.jpg", f"{v}_squashed.jpg"]
-                      for v in ("LePoint1B", "LePoint2B")]
+    photos = _with_edits(tmp_path, [images / f"{view}.png" for view in ("LePoint1B", "LePoint2B")], {
+        "small": lambda image: cv2.resize(image, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA),
+        "mirror": lambda image: cv2.flip(image, 1),
+        "squashed": lambda image: cv2.rotate(cv2.resize(image, None, fx=0.75, fy=1.0), cv2.ROTATE_90_CLOCKWISE)})
+    assert _groups_of(photos) == [[f"{v}.jpg", f"{v}_mirror.jpg", f"{v}_small.jpg", f"{v}_squashed.jpg"]
+                                  for v in ("LePoint1B", "LePoint2B")]
 
 
 def _meme(image: np.ndarray, top: str = "WHEN YOU SEE IT", bottom: str = "YOU CANNOT UNSEE IT") -> np.ndarray:
@@ -209,9 +213,7 @@ def test_meme_text_on_unrelated_photos_does_not_group_them(tmp_path):
     for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins"):
         _write(photos, f"{name}_meme.jpg", _meme(photo(name)))
     _write(photos, "astronaut.jpg", photo("astronaut"))
-    cli("build", str(photos), "--index", str(tmp_path / "i.vlad"), "--keep-features", "--quiet", "--workers", "2")
-    data = json.loads(cli("duplicates", str(tmp_path / "i.vlad"), "--json", "--quiet", "--workers", "2").stdout)
-    assert sorted(sorted(g["images"]) for g in data["groups"]) == [["astronaut.jpg", "astronaut_meme.jpg"]]
+    assert _groups_of(photos) == [["astronaut.jpg", "astronaut_meme.jpg"]]
 
 
 def test_grouping_splits_a_bridge_around_the_keep_image():
