@@ -2,7 +2,7 @@
 
     python benchmarks/dedup.py copies   /tmp/dd/copies   [--variants 99] [--others imagededup,pimmi]
     python benchmarks/dedup.py distinct /tmp/dd/distinct [--others imagededup,pimmi]
-    python benchmarks/dedup.py timing   /tmp/dd100k      [--images 100000]
+    python benchmarks/dedup.py timing   /tmp/dd100k      [--images 100000] [--preset large] [--knn index]
     python benchmarks/dedup.py pairs    /tmp/dd/pairs    [--top 5] [--dataset all] [--pairs-args "--shortlist 0"]
     python benchmarks/dedup.py grouping /tmp/dd          (after copies and distinct: F1 by grouping rule)
 
@@ -25,7 +25,8 @@ connected components of its duplicate lists) runs in /work/imagededup-venv and P
 defaults, connected components) in /work/fastdup-venv, on the same folder (`--others`).
 timing:   N synthetic images (tests' textured shapes, 320×240, folders of 10,000) + 5 % edited
           copies, indexed with the feature cache; `duplicates` wall time, its stages, groups
-          found with a planted copy, keypoints per image; extrapolated to 1M.
+          found with a planted copy, keypoints per image; extrapolated to 1M. `--preset large`
+          builds the index with compact codes; `--knn` picks how `duplicates` finds neighbours.
 pairs:    `pairs --top K` on homogr_pairs (partner: the other view), oxford_affine_subset
           (the scene's 5 other frames) or corridor (frames within ±2); partner rate = images
           with a partner among their pairs, partner recall = partners found / min(K, partners).
@@ -188,10 +189,12 @@ def same_viewpoint_truth(truth: dict[str, str]) -> dict[str, str]:
 
 # --- the systems ---------------------------------------------------------------------------------
 def run_vladsearch(folder: Path, work: Path, grouping: str = "keep", workers: int = 2,
-                   extra: tuple[str, ...] = (), save: Path | None = None) -> tuple[list[list[str]], dict]:
+                   extra: tuple[str, ...] = (), save: Path | None = None,
+                   build_extra: tuple[str, ...] = ()) -> tuple[list[list[str]], dict]:
     index = work / "index.vlad"
     if not index.exists():
-        _cli("build", str(folder), "--index", str(index), "--keep-features", "--quiet", "--workers", str(workers))
+        _cli("build", str(folder), "--index", str(index), "--keep-features", "--quiet", "--workers", str(workers),
+             *build_extra)
     start = time.perf_counter()
     out = _cli("duplicates", str(index), "--json", "--quiet", "--grouping", grouping, "--workers", str(workers), *extra)
     seconds = time.perf_counter() - start
@@ -374,7 +377,8 @@ def make_timing_collection(folder: Path, images: int, size: tuple[int, int] = (3
                       rng)
 
 
-def timing(out: Path, images: int, size: tuple[int, int] = (320, 240)) -> dict:
+def timing(out: Path, images: int, size: tuple[int, int] = (320, 240), preset: str = "exact",
+           knn: str = "auto") -> dict:
     import resource
 
     folder = out / "images"
@@ -382,17 +386,19 @@ def timing(out: Path, images: int, size: tuple[int, int] = (320, 240)) -> dict:
         make_timing_collection(folder, images, size)
     start = time.perf_counter()
     if not (out / "index.vlad").exists():
-        _cli("build", str(folder), "--index", str(out / "index.vlad"), "--keep-features", "--quiet")
+        _cli("build", str(folder), "--index", str(out / "index.vlad"), "--keep-features", "--quiet",
+             "--preset", preset)
     build = time.perf_counter() - start
-    out_json = out / "duplicates.json"
-    groups, info = run_vladsearch(folder, out, save=out_json)
+    out_json = out / f"duplicates-{knn}.json"
+    groups, info = run_vladsearch(folder, out, save=out_json, extra=("--knn", knn))
     data = json.loads(out_json.read_text())
     import sqlite3
 
     with sqlite3.connect(f"file:{out / 'index.vlad' / 'catalog.sqlite'}?mode=ro", uri=True) as db:
         count, keypoints = db.execute("SELECT COUNT(*), AVG(keypoints) FROM images WHERE segment IS NOT NULL").fetchone()
     copies = [g for g in data["groups"] if any("copy_" in name for name in g["images"])]
-    return {"images": count, "build_seconds": round(build, 1), **info, "groups": len(groups),
+    return {"images": count, "preset": preset, "knn": knn, "build_seconds": round(build, 1), **info,
+            "groups": len(groups),
             "groups_with_a_planted_copy": len(copies), "planted_copies": images // 20,
             "timings": data.get("timings"), "keypoints_per_image": round(keypoints or 0),
             "peak_rss_mib_any_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
@@ -509,6 +515,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"),
                         help="timing: synthetic image size (320 240: ~120 SIFT keypoints; 1024 768: ~900)")
+    parser.add_argument("--preset", choices=("exact", "large"), default="exact",
+                        help="timing: how the index is built (when it does not exist yet)")
+    parser.add_argument("--knn", choices=("auto", "index", "codes"), default="auto", help="timing: `duplicates --knn`")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--others", default="imagededup,pimmi")
     parser.add_argument("--dataset", choices=PAIR_SETS + ("all",), default="homogr_pairs", help="pairs: which set")
@@ -520,7 +529,7 @@ def main() -> None:
     elif args.what == "grouping":
         result = grouping_sweep(args.out)
     elif args.what == "timing":
-        result = timing(args.out, args.images, tuple(args.size))
+        result = timing(args.out, args.images, tuple(args.size), args.preset, args.knn)
     else:
         sets = PAIR_SETS if args.dataset == "all" else (args.dataset,)
         result = [pairs_partner_rate(args.out, args.top, d, tuple(args.pairs_args.split())) for d in sets]

@@ -301,6 +301,8 @@ def test_binary_code_search_finds_what_the_exact_index_finds(collection):
     assert np.allclose(exact.similarities(ids, I_exact[:, 1]), D_exact[:, 1], atol=1e-4)
     groups = {tuple(g.ids) for g in find_duplicates(index, workers=2).groups}
     assert {tuple(g.ids) for g in find_duplicates(index, workers=2, exact_limit=0).groups} == groups
+    assert {tuple(g.ids) for g in find_duplicates(index, workers=2, knn="codes").groups} == groups
+    assert not CollectionSearch(index, rows, exact_limit=0, knn="index").approximate
 
 
 def test_skipping_hopeless_fits_keeps_every_verdict(collection):

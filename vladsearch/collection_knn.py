@@ -5,20 +5,24 @@ Also what those verbs read per image: stored vectors (`vectors_by_id`), local fe
 
 `duplicates` and `pairs` search the index once per image. Through the index itself that
 costs n² · dim for an exact (`Flat`) index: 100,000 SIFT VLADs of 8,192 dimensions are
-1.6e14 multiply-adds, about 45 minutes on 2 cores, before any verification. So:
+1.6e14 multiply-adds, about 45 minutes on 2 cores, before any verification. So (`knn="auto"`):
 
-- a compact-code index (`--preset large`) is searched as it is: IVF-PQ, exact re-scoring;
-- an exact index of at most `EXACT_LIMIT` images is searched as it is (exact scores);
-- a larger exact index is searched through 2,048-bit sign-random-projection codes
-  (SimHash, Charikar 2002: the fraction of differing bits estimates the angle between two
-  vectors), built for this run (256 B per image) and compared exhaustively by Hamming
-  distance (faiss `IndexBinaryFlat`, popcounts). A projection to the top principal
-  directions was tried first and failed: at 100k synthetic images an edited copy's cosine
-  to its source (0.26-0.48, rank 1 exactly) fell to 0.04-0.13 in 256 PCA dimensions, below
-  unrelated neighbours, and a third of the copies were never proposed. With these codes the
-  source is among the 10 nearest for 99.8-100 % of 3,000 planted copies
+- an index of at most `EXACT_LIMIT` images is searched as it is (exact scores, or the
+  compact codes of `--preset large`);
+- a larger one is searched through 2,048-bit sign-random-projection codes of its stored
+  vectors (SimHash, Charikar 2002: the fraction of differing bits estimates the angle
+  between two vectors), built for this run (256 B per image) and compared exhaustively by
+  Hamming distance (faiss `IndexBinaryFlat`, popcounts). With these codes the source is
+  among the 10 nearest for 99.8-100 % of 3,000 planted copies at 100k
   (`benchmarks/dedup.py timing`). Scores are then cosines estimated from the Hamming
   distance; `duplicates` reports exact cosines of the pairs it groups.
+
+A projection to the top principal directions loses these copies: at 100k synthetic images a
+temporary IVF over 256-d PCA projections proposed only two thirds of them (an edited copy's
+cosine to its source, 0.26-0.48 and rank 1 exactly, fell to 0.04-0.13), and a `--preset
+large` index (PCA-256 + PQ64, exact re-scoring) of 21,000 such images grouped 773 of 1,000
+planted copies in 146 s where its codes grouped 983 in 54 s. `knn="index"` still searches a
+large index as it is (e.g. where its stored vectors are too slow to read).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
     from vladsearch.index import Index
 
 EXACT_LIMIT = 5_000  # above this many images an exact index is searched through binary codes
+KNN_MODES = ("auto", "index", "codes")
 CODE_BITS = 2048
 _POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1, dtype=np.uint8)  # bits set per byte
 READ_BLOCK = 8192  # vectors read from the segments at once while encoding (256 MiB at 8,192-d)
@@ -53,7 +58,8 @@ def vectors_by_id(index: Index, rows: dict[int, dict[str, Any]], ids: np.ndarray
         for position, image_id in enumerate(ids):
             by_segment[rows[int(image_id)]["segment"]].append(position)
         for name, positions in by_segment.items():
-            mapped = segments.open_vectors(snapshot.index_dir, name, index.encoder.dim, counts[name])
+            mapped = segments.open_vectors(snapshot.index_dir, name, index.encoder.dim, counts[name],
+                                           index.params.vector_dtype)
             out[positions] = mapped[[rows[int(ids[p])]["row"] for p in positions]]
         return out
     except (KeyError, TypeError, OSError, catalog.IndexDamagedError):
@@ -64,15 +70,18 @@ class CollectionSearch:
     """Search many query vectors against every indexed image: `search(xq, k) -> (D, I)`, faiss-style.
 
     index, rows: the open index and its image rows by id (with segment and row);
-    exact_limit: the largest exact index searched as it is; nprobe: IVF lists visited by
-    a compact-code index (None: its own setting).
+    knn: "auto" (the module's rule), "index" (always the index as built) or "codes" (always
+    binary codes of the stored vectors); exact_limit: the largest exact index "auto" searches
+    as it is; nprobe: IVF lists visited by a compact-code index (None: its own setting).
     """
 
     def __init__(self, index: Index, rows: dict[int, dict[str, Any]], exact_limit: int = EXACT_LIMIT,
-                 nprobe: int | None = None, seed: int = 0, bits: int = CODE_BITS) -> None:
+                 nprobe: int | None = None, seed: int = 0, bits: int = CODE_BITS, knn: str = "auto") -> None:
+        if knn not in KNN_MODES:
+            raise ValueError(f"unknown kNN mode {knn!r}; choose one of: {', '.join(KNN_MODES)}")
         self.index, self.rows, self.nprobe = index, rows, nprobe
         snapshot = index.snapshot
-        self.approximate = snapshot.coder is None and len(snapshot.loaded_ids) > exact_limit
+        self.approximate = knn == "codes" or (knn == "auto" and len(snapshot.loaded_ids) > exact_limit)
         self.projection: np.ndarray | None = None
         self.codes = None
         self.code_array = np.zeros((0, bits // 8), np.uint8)

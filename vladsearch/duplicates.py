@@ -259,7 +259,7 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
                     grouping: str = "keep", mirror: bool | None = None,
                     workers: int | None = None, progress: bool = False, nprobe: int | None = None,
                     screen: int = DEFAULT_SCREEN_KEYPOINTS, screen_inliers: int = DEFAULT_SCREEN_INLIERS,
-                    exact_limit: int = EXACT_LIMIT) -> DuplicateReport:
+                    exact_limit: int = EXACT_LIMIT, knn: str = "auto") -> DuplicateReport:
     """Every group of near-duplicate images in the index; see the module docstring for the steps."""
     import time
 
@@ -279,7 +279,7 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
     live = snapshot.loaded_ids
     queries = np.array([i for i in live if representative.get(int(i), int(i)) == int(i)], np.int64)
     source = FeatureSource(index, rows, workers)
-    searcher = CollectionSearch(index, rows, exact_limit=exact_limit, nprobe=nprobe)
+    searcher = CollectionSearch(index, rows, exact_limit=exact_limit, nprobe=nprobe, knn=knn)
     timings["knn_index"] = time.perf_counter() - start
     # Only verified pairs are kept (memory: a few per duplicate image, not ~16 per image);
     # the keys of every pair tried are kept as int64s, so that none is verified twice.

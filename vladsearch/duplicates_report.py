@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from vladsearch.arguments import non_negative_int, output_file, positive_int
+from vladsearch.collection_knn import KNN_MODES
 from vladsearch.duplicates import (
     DEFAULT_MIN_INLIERS,
     DEFAULT_MIN_SIMILARITY,
@@ -208,6 +209,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "components: connected components of verified pairs")
     parser.add_argument("--no-mirror", action="store_true", help="do not verify mirrored copies (SIFT)")
     parser.add_argument("--nprobe", type=positive_int, default=None, help="IVF indexes: lists to visit per query")
+    parser.add_argument("--knn", choices=KNN_MODES, default="auto",
+                        help="how each image's neighbours are found: auto (over 5,000 images through binary "
+                             "codes of the stored vectors, else the index itself; default), index (always the "
+                             "index as built, e.g. --preset large's compact codes), or codes")
     parser.add_argument("--root", metavar="PHOTOS_DIR", help="where the indexed photos are now")
     parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -223,7 +228,7 @@ def run_cli(args: argparse.Namespace) -> int:
                              min_similarity=args.min_similarity, grouping=args.grouping,
                              mirror=False if args.no_mirror else None, workers=args.workers,
                              progress=not args.quiet, nprobe=args.nprobe,  # bars go to stderr
-                             screen=args.screen, screen_inliers=args.screen_inliers)
+                             screen=args.screen, screen_inliers=args.screen_inliers, knn=args.knn)
     if args.html:
         write_html(report, Path(args.html), index.root)
     if args.json:
