@@ -21,7 +21,7 @@ A projection to the top principal directions loses these copies: at 100k synthet
 temporary IVF over 256-d PCA projections proposed only two thirds of them (an edited copy's
 cosine to its source, 0.26-0.48 and rank 1 exactly, fell to 0.04-0.13), and a `--preset
 large` index (PCA-256 + PQ64, exact re-scoring) of 21,000 such images grouped 773 of 1,000
-planted copies in 146 s where its codes grouped 983 in 54 s. `knn="index"` still searches a
+planted copies in 148 s where its codes grouped 983 in 60 s. `knn="index"` still searches a
 large index as it is (e.g. where its stored vectors are too slow to read).
 """
 
