@@ -277,15 +277,13 @@ def test_binary_code_search_finds_what_the_exact_index_finds(collection):
     """Above `exact_limit` images an exact index is searched through 2,048-bit SimHash codes;
     forced here on a small collection, each image's nearest copy is still found and the groups
     are the same."""
-    from vladsearch import catalog
     from vladsearch.collection_knn import CollectionSearch
     from vladsearch.duplicates import find_duplicates
     from vladsearch.index import Index
 
     index = Index.open(collection[0])
-    rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table)}
     ids = np.array(sorted(int(i) for i in index.snapshot.loaded_ids), np.int64)
-    exact, approximate = CollectionSearch(index, rows), CollectionSearch(index, rows, exact_limit=0)
+    exact, approximate = CollectionSearch(index), CollectionSearch(index, exact_limit=0)
     assert not exact.approximate and approximate.approximate
     D_exact, I_exact = exact.search(exact.vectors(ids), 3)
     D, I = approximate.search(approximate.vectors(ids), 3)
@@ -302,7 +300,7 @@ def test_binary_code_search_finds_what_the_exact_index_finds(collection):
     groups = {tuple(g.ids) for g in find_duplicates(index, workers=2).groups}
     assert {tuple(g.ids) for g in find_duplicates(index, workers=2, exact_limit=0).groups} == groups
     assert {tuple(g.ids) for g in find_duplicates(index, workers=2, knn="codes").groups} == groups
-    assert not CollectionSearch(index, rows, exact_limit=0, knn="index").approximate
+    assert not CollectionSearch(index, exact_limit=0, knn="index").approximate
 
 
 def test_skipping_hopeless_fits_keeps_every_verdict(collection):

@@ -94,18 +94,20 @@ def test_compact_feature_cache_verifies_like_the_float16_one(photo_dir, tmp_path
     assert Index.open(tmp_path / "pq.vlad").search(queries[:1], top=1, rerank=3)[0].matches[0].verified
 
 
-def test_whole_collection_knn_of_a_large_index_reads_its_float16_vectors(large):
+def test_whole_collection_knn_of_a_large_index_reads_its_float16_vectors(large, photo_dir):
     """`duplicates --knn codes` (and "auto" above 5,000 images) builds binary codes from the
-    stored vectors of a large index (float16 on disk): those must be the index's own vectors,
-    and its codes must find what the index finds."""
-    from vladsearch import catalog
-    from vladsearch.collection_knn import CollectionSearch, vectors_by_id
+    stored vectors of a large index (float16 on disk): those must be the image's vectors (as an
+    exact build computes them), and its codes must find what the index finds."""
+    from vladsearch.collection_knn import CollectionSearch
 
-    rows = {r["id"]: r for r in catalog.image_rows(large.snapshot.table)}
     ids = np.array(sorted(int(i) for i in large.snapshot.loaded_ids), np.int64)
-    np.testing.assert_allclose(vectors_by_id(large, rows, ids), large.vectors_of(ids.tolist()), atol=1e-3)
-    through_index = CollectionSearch(large, rows, knn="index", exact_limit=0)
-    through_codes = CollectionSearch(large, rows, knn="codes")
+    exact = Index.build(photo_dir, clusters=16, progress=False, workers=2)
+    id_of = {r["path"]: r["id"] for r in exact.snapshot.rows_of(exact.snapshot.loaded_ids).values()}
+    paths = [r["path"] for r in (large.snapshot.rows_of([i])[i] for i in ids)]
+    stored = CollectionSearch(large, knn="codes").vectors(ids)
+    np.testing.assert_allclose(stored, exact.vectors_of([id_of[p] for p in paths]), atol=1e-3)
+    through_index = CollectionSearch(large, knn="index", exact_limit=0)
+    through_codes = CollectionSearch(large, knn="codes")
     assert not through_index.approximate and through_codes.approximate
     scores, by_index = through_index.search_indexed(ids, 2)
     _, by_codes = through_codes.search_indexed(ids, 2)
@@ -115,4 +117,4 @@ def test_whole_collection_knn_of_a_large_index_reads_its_float16_vectors(large):
     closest = int(np.argmax(scores[:, 1]))
     assert by_codes[closest, 1] == by_index[closest, 1]
     with pytest.raises(ValueError, match="choose one of: auto, index, codes"):
-        CollectionSearch(large, rows, knn="fast")
+        CollectionSearch(large, knn="fast")

@@ -1,7 +1,7 @@
 """kNN of every indexed image against the whole index, for the whole-collection verbs.
 
-Also what those verbs read per image: stored vectors (`vectors_by_id`), local features
-(`FeatureSource`: the cache, or re-extraction) and mirrored VLADs (`mirrored_vectors`).
+Also what those verbs read per image: local features (`FeatureSource`: the cache, or
+re-extraction) and mirrored VLADs (`mirrored_vectors`).
 
 `duplicates` and `pairs` search the index once per image. Through the index itself that
 costs n² · dim for an exact (`Flat`) index: 100,000 SIFT VLADs of 8,192 dimensions are
@@ -30,12 +30,10 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vladsearch import catalog, segments
 from vladsearch.quantizer import _faiss
 
 if TYPE_CHECKING:
@@ -48,38 +46,20 @@ _POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(a
 READ_BLOCK = 8192  # vectors read from the segments at once while encoding (256 MiB at 8,192-d)
 
 
-def vectors_by_id(index: Index, rows: dict[int, dict[str, Any]], ids: np.ndarray) -> np.ndarray:
-    """Stored vectors of `ids` (len × dim float32), read from the segment files (exact for any factory)."""
-    snapshot = index.snapshot
-    try:
-        out = np.empty((len(ids), index.encoder.dim), np.float32)
-        counts = {s["name"]: s["vectors"] for s in catalog.live_segments(snapshot.table)}
-        by_segment: dict[str, list[int]] = defaultdict(list)
-        for position, image_id in enumerate(ids):
-            by_segment[rows[int(image_id)]["segment"]].append(position)
-        for name, positions in by_segment.items():
-            mapped = segments.open_vectors(snapshot.index_dir, name, index.encoder.dim, counts[name],
-                                           index.params.vector_dtype)
-            out[positions] = mapped[[rows[int(ids[p])]["row"] for p in positions]]
-        return out
-    except (KeyError, TypeError, OSError, catalog.IndexDamagedError):
-        return index.vectors_of([int(i) for i in ids])  # e.g. a format 1 index
-
-
 class CollectionSearch:
     """Search many query vectors against every indexed image: `search(xq, k) -> (D, I)`, faiss-style.
 
-    index, rows: the open index and its image rows by id (with segment and row);
+    index: the open index;
     knn: "auto" (the module's rule), "index" (always the index as built) or "codes" (always
     binary codes of the stored vectors); exact_limit: the largest exact index "auto" searches
     as it is; nprobe: IVF lists visited by a compact-code index (None: its own setting).
     """
 
-    def __init__(self, index: Index, rows: dict[int, dict[str, Any]], exact_limit: int = EXACT_LIMIT,
-                 nprobe: int | None = None, seed: int = 0, bits: int = CODE_BITS, knn: str = "auto") -> None:
+    def __init__(self, index: Index, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None, seed: int = 0,
+                 bits: int = CODE_BITS, knn: str = "auto") -> None:
         if knn not in KNN_MODES:
             raise ValueError(f"unknown kNN mode {knn!r}; choose one of: {', '.join(KNN_MODES)}")
-        self.index, self.rows, self.nprobe = index, rows, nprobe
+        self.index, self.nprobe = index, nprobe
         snapshot = index.snapshot
         self.approximate = knn == "codes" or (knn == "auto" and len(snapshot.loaded_ids) > exact_limit)
         self.projection: np.ndarray | None = None
@@ -90,7 +70,8 @@ class CollectionSearch:
             self._build(np.asarray(snapshot.loaded_ids, np.int64), seed, bits)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
-        return vectors_by_id(self.index, self.rows, ids)
+        """Stored vectors of indexed images (len × dim float32), read from the segment files."""
+        return self.index.vectors_of(np.asarray(ids, np.int64))
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """xq nq×dim float32 -> (D nq×k scores, I nq×k image ids, -1 padded)."""

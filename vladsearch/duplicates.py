@@ -32,7 +32,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -143,8 +143,9 @@ def exact_groups(rows: list[dict[str, Any]]) -> dict[int, list[int]]:
 # --- 2. candidate pairs ------------------------------------------------------------------
 @dataclass
 class CandidateBlock:
-    """One block's new candidate pairs: {(a, b), a < b: VLAD similarity} and, per pair, which
-    sides proposed it (the `mirror` argument of `verify_pair`: False plain, "mirrored", True both)."""
+    """One block's new candidate pairs: {(a, b), a < b: VLAD similarity} and, per pair, the sides
+    to match (the `mirror` argument of `verify_pair`: False plain, True both, "mirrored" when only
+    a mirrored vector proposed it, "mirrored only" when its plain similarity is also far lower)."""
 
     scores: dict[tuple[int, int], float]
     hints: dict[tuple[int, int], bool | str]
@@ -159,8 +160,7 @@ def candidate_blocks(index: Index, query_ids: np.ndarray, searcher: CollectionSe
     mirror_source: also take each query's `neighbors` nearest to its mirrored vector. A pair
     proposed again from a side not tried before comes again with that side only.
     """
-    extra = max((sum(1 for v in representative.values() if v == r) for r in set(representative.values())),
-                default=1)
+    extra = max(Counter(representative.values()).values(), default=1)  # the largest set of exact copies
     k = min(len(index.snapshot.loaded_ids), neighbors + extra)
     tried: dict[tuple[int, int], set[bool]] = {}
     for start in range(0, len(query_ids), block):
@@ -279,7 +279,7 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
     live = snapshot.loaded_ids
     queries = np.array([i for i in live if representative.get(int(i), int(i)) == int(i)], np.int64)
     source = FeatureSource(index, rows, workers)
-    searcher = CollectionSearch(index, rows, exact_limit=exact_limit, nprobe=nprobe, knn=knn)
+    searcher = CollectionSearch(index, exact_limit=exact_limit, nprobe=nprobe, knn=knn)
     timings["knn_index"] = time.perf_counter() - start
     # Only verified pairs are kept (memory: a few per duplicate image, not ~16 per image);
     # the keys of every pair tried are kept as int64s, so that none is verified twice.

@@ -56,8 +56,7 @@ def neighbour_lists(index: Index, ids: np.ndarray, depth: int, nprobe: int | Non
     """Per block of queries: (query id, its `depth` nearest other images, best first)."""
     from vladsearch.collection_knn import CollectionSearch
 
-    rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table) if r["segment"] is not None}
-    searcher = CollectionSearch(index, rows, nprobe=nprobe)
+    searcher = CollectionSearch(index, nprobe=nprobe)
     k = min(len(ids), depth + 1)
     for start in range(0, len(ids), block):
         chunk = ids[start:start + block]

@@ -200,7 +200,7 @@ class Snapshot:
 
     def has_cached_features(self, row: dict[str, Any]) -> bool:
         """Whether `cached_features(row)` finds the image's features (without reading them)."""
-        return self.features.get(row["segment"]) is not None and row["feat_count"] is not None
+        return self.feature_rows(row) is not None
 
     def feature_rows(self, row: dict[str, Any]) -> tuple[FeatureStore, int, int] | None:
         """(store, first row, count) of an image's cached features, read nothing; None without a cache."""
@@ -211,10 +211,8 @@ class Snapshot:
 
     def cached_features(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
         """An image's cached (keypoints, descriptors), or None when its segment keeps none."""
-        store = self.features.get(row["segment"])
-        if store is None or row["feat_count"] is None:
-            return None
-        return store.get(row["feat_offset"], row["feat_count"])
+        where = self.feature_rows(row)
+        return None if where is None else where[0].get(*where[1:])
 
     def full_vectors(self, ids) -> np.ndarray:
         """The stored vectors of `ids` (len × dim float32) from the segments; zeros for unknown ids."""
@@ -231,7 +229,9 @@ class Snapshot:
         return out
 
     def reconstruct(self, ids) -> np.ndarray:
-        if self.coder is not None:
+        """Stored vectors of `ids`, from the segment files (exact for every factory, and the
+        in-memory index is not filled for it); a format 1 index has only its faiss index."""
+        if self.coder is not None or self.vectors:
             return self.full_vectors(ids)
         return self.backend.reconstruct(np.asarray(ids, np.int64))
 
