@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -111,6 +112,18 @@ def test_readers_never_fail_during_back_to_back_commits(base, tmp_path):
     assert len(Index.open(index_dir).image_paths()) == 24 + 24 - 8
 
 
+def _staging_lock_held(index_dir: Path) -> bool:
+    """Whether some process holds a writer's staging lock (what the next writer checks)."""
+    for lock in (index_dir / "staging").glob("*.lock"):
+        with open(lock, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def test_kill_9_of_add_leaves_no_process_and_the_last_commit(base, tmp_path):
     index_dir = _copy(base, tmp_path)
     make_images(tmp_path / "many", 150, seed=6, size=(640, 480))
@@ -133,6 +146,12 @@ def test_kill_9_of_add_leaves_no_process_and_the_last_commit(base, tmp_path):
     assert not any(alive(pid) for pid in workers)
     assert len(_each_image_once(index_dir)) == 24
     assert any((index_dir / "staging").iterdir())  # the dead writer's leftovers …
+    # A killed process shows as a zombie once its main thread is gone, but its files (the staging
+    # lock) close only when its last thread has exited: under load, a moment later.
+    deadline = time.time() + 10
+    while time.time() < deadline and _staging_lock_held(index_dir):
+        time.sleep(0.2)
+    assert not _staging_lock_held(index_dir), "a process still holds the dead writer's staging lock"
     Index.open(index_dir).remove(["img_1_000.jpg"])
     assert not any((index_dir / "staging").iterdir())  # … removed by the next writer
 
