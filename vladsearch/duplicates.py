@@ -41,6 +41,7 @@ import numpy as np
 
 from vladsearch import catalog
 from vladsearch.collection_knn import EXACT_LIMIT, CollectionSearch, FeatureSource, mirrored_vectors
+from vladsearch.features import capabilities
 from vladsearch.pair_verification import PairVerdict, verify_pairs
 from vladsearch.progress import progress_bar
 from vladsearch.rerank import DEFAULT_MIN_INLIERS
@@ -268,7 +269,7 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
     if neighbors < 1:
         raise ValueError(f"--neighbors must be at least 1, got {neighbors}")
     if mirror is None:
-        mirror = index.params.features in ("sift", "rootsift")
+        mirror = capabilities(index.params.features).mirrorable
     timings: dict[str, float] = {}
     start = time.perf_counter()
     snapshot = index.snapshot

@@ -14,6 +14,7 @@ import numpy as np
 
 from vladsearch.encoder import Encoder
 from vladsearch.extraction import extract_images, single_blas_thread
+from vladsearch.features import capabilities
 from vladsearch.images import list_images
 from vladsearch.progress import progress_bar
 from vladsearch.results import Match, SearchResult
@@ -72,7 +73,7 @@ def search_index(encoder: Encoder, snapshot: Snapshot, root: Path, queries: list
         raise ValueError(f"--top must be at least 1, got {top}")
     if rerank < 0 or query_expansion < 0:
         raise ValueError("--rerank and --query-expansion take a number of candidates ≥ 0")
-    if mirrored and encoder.params.features not in ("sift", "rootsift"):
+    if mirrored and not capabilities(encoder.params.features).mirrorable:
         raise ValueError("--mirrored works with sift and rootsift indexes only")
     if verified_only and not rerank:
         raise ValueError("--verified-only needs --rerank N: only reranked matches can be verified")

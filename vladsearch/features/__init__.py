@@ -2,12 +2,15 @@
 
 `EXTRACTORS` maps a feature name to the class that implements it, as "module:Class" so
 that listing the names (the CLI's choices) never imports torch. `get_extractor`
-imports lazily and builds one.
+imports lazily and builds one. `capabilities(name)` says what a feature can do (mirror its
+descriptors, survive rotation, run without torch, which matcher verifies it): the one place
+other modules ask, instead of lists of feature names.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any
 
 from vladsearch.features.base import Extractor, Features
@@ -20,6 +23,40 @@ EXTRACTORS: dict[str, tuple[str, dict[str, Any], str]] = {
     "aliked": ("vladsearch.features.aliked:ALIKED", {}, "ALIKED n16, 128-d (needs torch)"),
     "disk": ("vladsearch.features.disk:DISK", {}, "DISK depth model, 128-d (needs torch and kornia)"),
 }
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a registered feature type can do.
+
+    mirrorable: a horizontally flipped image's descriptors can be computed from the original's
+    (SIFT's cell and bin permutation, `rerank.mirror_sift_descriptors`), so flipped copies are
+    searched and verified without extracting again; rotation_invariant: descriptors follow the
+    keypoint's orientation, so a 90° turn still matches; needs_torch: the `torch` extra;
+    matcher: how two images' descriptors are matched ("mutual-nn": mutual nearest neighbours
+    with Lowe's ratio test).
+    """
+
+    mirrorable: bool = False
+    rotation_invariant: bool = False
+    needs_torch: bool = True
+    matcher: str = "mutual-nn"
+
+
+CAPABILITIES: dict[str, Capabilities] = {
+    "sift": Capabilities(mirrorable=True, rotation_invariant=True, needs_torch=False),
+    "rootsift": Capabilities(mirrorable=True, rotation_invariant=True, needs_torch=False),
+    "superpoint": Capabilities(),
+    "aliked": Capabilities(),
+    "disk": Capabilities(),
+}
+
+
+def capabilities(name: str) -> Capabilities:
+    """The capabilities of feature type `name`; ValueError listing valid names otherwise."""
+    if name not in EXTRACTORS:
+        raise ValueError(f"unknown feature type {name!r}; choose one of: {', '.join(EXTRACTORS)}")
+    return CAPABILITIES.get(name, Capabilities())
 
 
 def extractor_class(name: str) -> type[Extractor]:
@@ -42,4 +79,5 @@ def get_extractor(name: str, **params: Any) -> Extractor:
     return cls(**preset)
 
 
-__all__ = ["EXTRACTORS", "Extractor", "Features", "extractor_class", "get_extractor"]
+__all__ = ["CAPABILITIES", "EXTRACTORS", "Capabilities", "Extractor", "Features", "capabilities", "extractor_class",
+           "get_extractor"]
