@@ -153,6 +153,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _print_report(report, as_json: bool, extra: dict | None = None) -> None:
     data = {**(extra or {}), "indexed": report.indexed, "unchanged": report.unchanged, "replaced": report.replaced,
+            "renamed": getattr(report, "renamed", 0),
             "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
             "no_keypoints": report.no_keypoints}
     if as_json:
@@ -163,6 +164,8 @@ def _print_report(report, as_json: bool, extra: dict | None = None) -> None:
         line += f" ({report.replaced} replacing changed files)"
     if report.unchanged:
         line += f", {report.unchanged} unchanged"
+    if getattr(report, "renamed", 0):
+        line += f", {report.renamed} renamed (moved files, not extracted again)"
     print(line)
     if report.no_keypoints:
         print(f"{len(report.no_keypoints)} images have no keypoints (indexed with a zero vector):")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import tempfile
 import warnings
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from vladsearch import catalog, compaction, legacy, search, segments, writer
 from vladsearch.encoder import BuildParams, Encoder
 from vladsearch.features import extractor_class
 from vladsearch.images import IMAGE_EXTENSIONS, collect_inputs, expand_inputs
+from vladsearch.moves import find_moves
 from vladsearch.results import SearchResult
 from vladsearch.snapshot import TEMPLATE_BLOB, Snapshot
 from vladsearch.writer import Report
@@ -184,8 +187,11 @@ class Index:
         writer.check_writable(self.path)
         self._writable()
         files = {_relative(f, self.root): f for given in paths for f in expand_inputs(given)}
+        renamed = self._rename_moved(files)  # moved files keep their entry: no extraction
+        files = {name: f for name, f in files.items() if name not in renamed}
         self.report = writer.add_files(self.path, self.encoder, self.meta["build_id"], files, workers, progress,
                                        self.root)
+        self.report.renamed = len(renamed)
         if merge and self.report.segments:
             compaction.auto_merge(self.path, self.encoder.dim, self._feature_dim(), self.params.keep_features,
                                   self.params.vector_dtype, self._code_size(), self.encoder.descriptor_codec)
@@ -201,13 +207,62 @@ class Index:
         self.refresh()
         return [str(given) for given, name in zip(images, names) if name in missing]
 
-    def _indexed_name(self, image: str | os.PathLike) -> str:
-        given = str(image).replace(os.sep, "/")
+    def rename(self, moves: Mapping[str | os.PathLike, str | os.PathLike]) -> int:
+        """Change the stored path of indexed images old → new in one commit, without extracting again.
+
+        Paths as `add`/`remove` take them (absolute, or relative to the photos' folder); the
+        vector, cached features and content hash stay. Returns the number renamed; raises
+        ValueError, renaming nothing, for an old path not indexed or a new path that already is.
+        """
+        writer.check_writable(self.path)
+        self._writable()
         db = catalog.connect(self.path, readonly=True)
+        try:
+            names = {self._indexed_name(old, db): self._new_name(new) for old, new in moves.items()}
+        finally:
+            db.close()
+        count = self._rename_names(names)
+        self.refresh()
+        return count
+
+    def _rename_names(self, names: dict[str, str]) -> int:
+        db = catalog.connect(self.path)
+        try:
+            return catalog.rename_images(db, names)
+        except sqlite3.OperationalError as exc:
+            raise writer.disk_error(self.path, exc) from None
+        finally:
+            db.close()
+
+    def _new_name(self, image: str | os.PathLike) -> str:
+        """The indexed name of a new path: relative to the photos' folder, or an existing file from here."""
+        given = Path(image)
+        if given.is_absolute() or (not (self.root / given).exists() and given.exists()):
+            return _relative(given, self.root)
+        return given.as_posix()
+
+    def _rename_moved(self, files: dict[str, Path]) -> dict[str, str]:
+        """Rename the entries of indexed files that now lie under another of `files`' names; new → old."""
+        db = catalog.connect(self.path, readonly=True)
+        try:
+            found = find_moves(db, files, self.root)
+        finally:
+            db.close()
+        try:
+            self._rename_names(found)
+        except ValueError:  # another writer changed these names meanwhile: extract as usual
+            return {}
+        return {new: old for old, new in found.items()}
+
+    def _indexed_name(self, image: str | os.PathLike, db: sqlite3.Connection | None = None) -> str:
+        given = str(image).replace(os.sep, "/")
+        own = db is None
+        db = catalog.connect(self.path, readonly=True) if own else db
         try:
             return given if catalog.find_image(db, given) else _relative(Path(image), self.root)
         finally:
-            db.close()
+            if own:
+                db.close()
 
     def compact(self) -> compaction.MergeReport:
         """Merge every segment into one, dropping deleted vectors (`vladsearch compact`)."""

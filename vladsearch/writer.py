@@ -50,6 +50,7 @@ class Report:
     no_keypoints: list[str] = field(default_factory=list)
     replaced: int = 0
     segments: int = 0
+    renamed: int = 0   # moved files recognised by content hash (no extraction)
 
 
 class SegmentStream:
