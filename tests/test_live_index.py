@@ -272,23 +272,49 @@ def test_damaged_files_are_named(base, tmp_path):
         Index.open(index_dir)
 
 
-def test_read_only_index_fails_before_extracting(base, tmp_path):
-    if os.geteuid() == 0 and not shutil.which("setpriv"):
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _reachable_by_nobody(paths: list[Path], stop: Path) -> None:
+    """Let uid 65534 traverse to `paths` (o+x on their folders up to `stop`, not above) and read them."""
+    for path in paths:
+        path.chmod(path.stat().st_mode | (0o005 if path.is_dir() else 0o004))
+        for parent in path.parents:
+            if parent == stop.parent or parent == Path("/"):
+                break
+            parent.chmod(parent.stat().st_mode | 0o001)
+
+
+def _skip_unless_nobody_can_run(readable: list[Path], env: dict[str, str]) -> None:
+    """Skip, saying why, unless uid 65534 can run this interpreter, import the project and read `readable`."""
+    probe = "import os, sys, vladsearch.cli; [os.listdir(p) if os.path.isdir(p) else open(p, 'rb').close() " \
+            "for p in sys.argv[1:]]"
+    result = subprocess.run([*NOBODY, sys.executable, "-c", probe, *map(str, readable)], capture_output=True,
+                            text=True, timeout=120, check=False, env=env)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        pytest.skip(f"uid 65534 cannot run {sys.executable} with {PROJECT} or read the test's files ({last}); "
+                    "a checkout, venv or --basetemp inside a private folder (mode 0700) hides them: run this "
+                    "test from a world-readable one, or as a non-root user")
+
+
+def test_read_only_index_fails_before_extracting(base, tmp_path, tmp_path_factory):
+    as_root = os.geteuid() == 0
+    if as_root and not shutil.which("setpriv"):
         pytest.skip("running as root without setpriv: permission bits do not stop root")
     index_dir = _copy(base, tmp_path)
     new = make_images(tmp_path / "new", 3, seed=10)[0].parent
-    for path in [tmp_path, *tmp_path.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    for parent in tmp_path.parents:  # let an unprivileged user reach the files
-        if parent != Path("/"):
-            os.chmod(parent, os.stat(parent).st_mode | 0o005)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "HOME": str(tmp_path)}
+    if as_root:  # the add runs as nobody: it must reach the files, so only the permissions stop it
+        basetemp = tmp_path_factory.getbasetemp()  # pytest's own folders, not above
+        top = basetemp.parent if basetemp.parent.name.startswith("pytest-of-") else basetemp
+        _reachable_by_nobody([tmp_path, *tmp_path.rglob("*")], top)
+        _skip_unless_nobody_can_run([index_dir / catalog.CATALOG, new], env)
     for path in [index_dir, *index_dir.rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)
     command = [sys.executable, "-m", "vladsearch.cli", "add", str(index_dir), str(new), "-q"]
-    if os.geteuid() == 0:
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False,
-                            env={**os.environ, "PYTHONPATH": str(PROJECT), "HOME": str(tmp_path)})
+    result = subprocess.run([*NOBODY, *command] if as_root else command, capture_output=True, text=True,
+                            timeout=120, check=False, env=env)
     for path in [index_dir, *index_dir.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     assert result.returncode == 2, result.stderr
