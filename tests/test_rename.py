@@ -41,7 +41,7 @@ def _rows(index_dir: Path) -> dict[str, tuple]:
 def test_rename_keeps_the_entry_and_search_returns_the_new_name(base, tmp_path):
     index_dir, photos = _copy(base, tmp_path)
     before = _rows(index_dir)
-    first = sorted(before)[0]
+    first = min(before)
     os.rename(photos / first, photos / "albums_renamed.jpg")
     index = Index.open(index_dir)
     assert index.rename({first: photos / "albums_renamed.jpg"}) == 1
@@ -114,7 +114,7 @@ def test_a_concurrent_reader_sees_the_old_or_the_new_names_never_both_or_neither
 def test_add_of_a_folder_recognises_a_renamed_file_by_its_content(base, tmp_path):
     index_dir, photos = _copy(base, tmp_path)
     before = _rows(index_dir)
-    first = sorted(before)[0]
+    first = min(before)
     (photos / "album").mkdir()
     shutil.move(photos / first, photos / "album" / "kept.jpg")
     new_files = make_images(photos, 1, seed=99)

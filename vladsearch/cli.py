@@ -148,6 +148,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     duplicates_report.add_cli(commands)
     pairs.add_cli(commands)
+    from vladsearch import watch_cli
+
+    watch_cli.add_cli(commands)
     return parser
 
 

@@ -210,9 +210,11 @@ class Index:
     def rename(self, moves: Mapping[str | os.PathLike, str | os.PathLike]) -> int:
         """Change the stored path of indexed images old → new in one commit, without extracting again.
 
-        Paths as `add`/`remove` take them (absolute, or relative to the photos' folder); the
-        vector, cached features and content hash stay. Returns the number renamed; raises
-        ValueError, renaming nothing, for an old path not indexed or a new path that already is.
+        Paths as `add`/`remove` take them: an indexed name (relative to the photos' folder) or
+        a file's path (absolute, or relative to the current folder when that file exists and
+        the name does not). The vector, cached features and content hash stay. Returns the
+        number renamed; raises ValueError, renaming nothing, for an old path not indexed or a
+        new path that already is.
         """
         writer.check_writable(self.path)
         self._writable()

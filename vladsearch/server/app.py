@@ -18,6 +18,7 @@ from vladsearch.server.engine import Engine, Limits
 from vladsearch.server.errors import ServiceError
 from vladsearch.server.routers import duplicates, images, info, search
 from vladsearch.server.security import BodyLimitMiddleware, require_token
+from vladsearch.watch_cli import start_in_thread
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("vladsearch.server")
@@ -26,12 +27,13 @@ log = logging.getLogger("vladsearch.server")
 def create_app(index_dir: str | os.PathLike, token: str | None = None, *, workers: int | None = None,
                waiting: int = 32, limits: Limits | None = None, refresh_interval: float = 1.0,
                weights: str | None = None, root: str | os.PathLike | None = None,
-               engine: Engine | None = None) -> FastAPI:
+               engine: Engine | None = None, watch: list[str] | None = None) -> FastAPI:
     """The service for the index at `index_dir` (opened and loaded now, so errors show before serving).
 
     token: required as `Authorization: Bearer <token>` on /api/* (None: no check — loopback only);
     workers: threads running searches at once (default: every core); waiting: searches queued
-    beyond them before 503; refresh_interval: seconds between checks for other processes' commits.
+    beyond them before 503; refresh_interval: seconds between checks for other processes' commits;
+    watch: folders kept in step with the index by a background thread (`vladsearch watch`, watch_cli.py).
     """
     engine = engine or Engine(index_dir, workers=workers, waiting=waiting, limits=limits,
                               refresh_interval=refresh_interval, weights=weights, root=root)
@@ -39,9 +41,13 @@ def create_app(index_dir: str | os.PathLike, token: str | None = None, *, worker
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.start()
+        watcher = start_in_thread(engine.index.path, watch, weights=weights) if watch else None
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher[1].set()  # the commit under way finishes first
+                watcher[0].join(timeout=600)
             engine.stop()
 
     app = FastAPI(title="vladsearch", version=__version__, lifespan=lifespan,

@@ -44,6 +44,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="seconds between checks for other processes' commits (default 1)")
     parser.add_argument("--root", metavar="PHOTOS_DIR", help="the indexed photos' folder, if it moved apart from the index")
     parser.add_argument("--weights", metavar="PATH", help="weights file (default: the one recorded at build)")
+    parser.add_argument("--watch", action="append", default=[], metavar="FOLDER",
+                        help="keep the index in step with FOLDER as `vladsearch watch` does, in this process "
+                             "(repeat for more folders)")
     parser.set_defaults(func=run_cli)
     return parser
 
@@ -59,12 +62,17 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"vladsearch: error: serve needs the extra 'serve' ({exc.name} is missing): {INSTALL}", file=sys.stderr)
         return 2
     check_bind(args.host, args.token)
+    for folder in args.watch:
+        if not os.path.isdir(folder):
+            raise NotADirectoryError(f"--watch {folder}: not a folder; watch takes folders of photos")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
     app = create_app(args.index, args.token, workers=args.workers, waiting=args.queue, limits=limits,
-                     refresh_interval=args.refresh_interval, weights=args.weights, root=args.root)
+                     refresh_interval=args.refresh_interval, weights=args.weights, root=args.root,
+                     watch=args.watch)
     engine = app.state.engine
     print(f"vladsearch: serving {args.index} ({len(engine.index.snapshot.loaded_ids)} vectors) at "
           f"http://{args.host}:{args.port}/ with {engine.searches.workers} search threads"
-          f"{'; bearer token required' if args.token else ''}", file=sys.stderr, flush=True)
+          f"{'; bearer token required' if args.token else ''}"
+          f"{'; watching ' + ', '.join(args.watch) if args.watch else ''}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
