@@ -236,12 +236,12 @@ def test_a_member_joins_through_several_links_but_not_through_one_bridge():
     assert split_around_keep(component, edges, order, min_links=0) == [[0, 1, 2, 3, 5], [6, 7]]
 
 
-def test_keep_is_largest_then_biggest_file_then_oldest():
+def test_keep_is_largest_then_oldest_then_biggest_file():
     rows = [{"path": "a", "width": 10, "height": 10, "file_size": 5, "mtime": 3.0},
             {"path": "b", "width": 20, "height": 10, "file_size": 1, "mtime": 9.0},
             {"path": "c", "width": 20, "height": 10, "file_size": 1, "mtime": 2.0},
             {"path": "d", "width": 20, "height": 10, "file_size": 2, "mtime": 9.0}]
-    assert [r["path"] for r in sorted(rows, key=keep_order)] == ["d", "c", "b", "a"]
+    assert [r["path"] for r in sorted(rows, key=keep_order)] == ["c", "d", "b", "a"]  # a copy is younger
 
 
 def test_screening_rejects_unrelated_pairs_and_keeps_copies():

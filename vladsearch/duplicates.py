@@ -22,7 +22,7 @@
    another viewpoint needs a perspective homography or foreshortens). Thresholds: see
    `DEFAULT_MIN_OCCUPANCY`, `DEFAULT_MIN_AFFINE`, `DEFAULT_MAX_ANISOTROPY`.
 5. Groups: connected components of copy pairs, then split around their `keep` image
-   (highest resolution, then largest file, then oldest): a member stays if it is a copy of
+   (keep_choice.py: the original before its turned, mirrored, smaller or newer copies): a member stays if it is a copy of
    the kept image itself (pairs missing from the kNN graph are verified now) or of
    `MIN_LINKS` members already in; the rest is grouped again the same way. So every image a
    report marks removable was verified against the kept image or against several copies of
@@ -33,15 +33,16 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vladsearch import catalog
+from vladsearch import catalog, keep_choice
 from vladsearch.collection_knn import EXACT_LIMIT, CollectionSearch, FeatureSource, mirrored_vectors
 from vladsearch.features import capabilities
+from vladsearch.moves import indexed_file
 from vladsearch.pair_verification import PairVerdict, verify_pairs
 from vladsearch.progress import progress_bar
 from vladsearch.rerank import DEFAULT_MIN_INLIERS
@@ -119,9 +120,9 @@ class DuplicateReport:
 
 
 def keep_order(row: dict[str, Any]) -> tuple:
-    """Sort key, best first: most pixels, then largest file, then oldest, then path."""
-    pixels = (row.get("width") or 0) * (row.get("height") or 0)
-    return (-pixels, -(row.get("file_size") or 0), row.get("mtime") or 0.0, row["path"])
+    """Sort key of one row alone, best first: most pixels, then oldest file, then largest, then path
+    (find_duplicates adds --prefer, the group's orientation and EXIF: keep_choice.keep_orders)."""
+    return keep_choice.keep_order(row)
 
 
 def is_copy(verdict: PairVerdict, min_inliers: int, min_occupancy: float, min_affine: float,
@@ -260,7 +261,7 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
                     grouping: str = "keep", mirror: bool | None = None,
                     workers: int | None = None, progress: bool = False, nprobe: int | None = None,
                     screen: int = DEFAULT_SCREEN_KEYPOINTS, screen_inliers: int = DEFAULT_SCREEN_INLIERS,
-                    exact_limit: int = EXACT_LIMIT, knn: str = "auto") -> DuplicateReport:
+                    exact_limit: int = EXACT_LIMIT, knn: str = "auto", prefer: Sequence[str] = ()) -> DuplicateReport:
     """Every group of near-duplicate images in the index; see the module docstring for the steps."""
     import time
 
@@ -309,6 +310,9 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
     nodes = sorted({i for pair in verdicts for i in pair})
     components = connected_components(nodes, list(copies()))
     order = {n: keep_order(rows[n]) for n in nodes}
+    order.update(keep_choice.keep_orders(components, {p: verdicts[p] for p in copies()}, rows, exact,
+                                         lambda path: indexed_file(index.root, path),
+                                         keep_choice.normalise_prefer(prefer, index.root)))
     if grouping == "keep":  # verify each member against its component's keep image, where not done yet
         missing = []
         for component in components:
@@ -336,7 +340,7 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
         similarity.update(zip(chunk, np.einsum("ij,ij->i", xa, xb).tolist()))
     copy_verdicts = {p: v for p, v in verdicts.items()
                      if is_copy(v, min_inliers, min_occupancy, min_affine, max_anisotropy)}
-    groups = _with_exact_copies(components, exact, rows, copy_verdicts, similarity)
+    groups = _with_exact_copies(components, exact, rows, copy_verdicts, similarity, order)
     used = {i for g in groups for i in g.ids}
     unreadable = sorted(rows[i]["path"] for i in source.unreadable)
     return DuplicateReport(groups, {i: rows[i] for i in used}, candidates=candidates, verified=len(verdicts),
@@ -352,8 +356,11 @@ def pair_keys(pairs) -> np.ndarray:
 
 def _with_exact_copies(components: list[list[int]], exact: dict[int, list[int]], rows: dict[int, dict[str, Any]],
                        copy_verdicts: dict[tuple[int, int], PairVerdict],
-                       similarity: dict[tuple[int, int], float]) -> list[DuplicateGroup]:
-    """Final groups: each representative brings its exact copies; the keep image is chosen among all."""
+                       similarity: dict[tuple[int, int], float],
+                       order: dict[int, tuple] | None = None) -> list[DuplicateGroup]:
+    """Final groups: each representative brings its exact copies; the keep image is chosen among all
+    (order: sort keys by id, best first; keep_order of the row for the ids it lacks)."""
+    order = order or {}
     by_image: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for pair in copy_verdicts:
         by_image[pair[0]].append(pair)
@@ -361,7 +368,8 @@ def _with_exact_copies(components: list[list[int]], exact: dict[int, list[int]],
     grouped_reps = {i for c in components for i in c}
     singles = [[rep] for rep in exact if rep not in grouped_reps]
     for members in components + singles:
-        ids = sorted({i for rep in members for i in exact.get(rep, [rep])}, key=lambda i: keep_order(rows[i]))
+        ids = sorted({i for rep in members for i in exact.get(rep, [rep])},
+                     key=lambda i: order[i] if i in order else keep_order(rows[i]))
         pairs = []
         for rep in members:
             copies = exact.get(rep, [rep])

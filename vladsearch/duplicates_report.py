@@ -51,6 +51,7 @@ def report_to_dict(report: DuplicateReport) -> dict[str, Any]:
     rows = report.rows
     groups = [{"images": [rows[i]["path"] for i in g.ids], "keep": rows[g.keep]["path"],
                "remove": [rows[i]["path"] for i in g.ids if i != g.keep],
+               "identical": {rows[i]["path"]: rows[twin]["path"] for i, twin in identical_members(g, rows).items()},
                "pairs": [_pair_json(p, rows) for p in g.pairs]} for g in report.groups]
     return {"groups": groups, "candidate_pairs": report.candidates, "verified_pairs": report.verified,
             "unreadable": report.unreadable, "timings": {k: round(v, 3) for k, v in report.timings.items()}}
@@ -72,14 +73,29 @@ def report_to_csv(report: DuplicateReport) -> str:
     return buffer.getvalue()
 
 
+def identical_members(group, rows: dict[int, dict[str, Any]]) -> dict[int, int]:
+    """Member id -> the member with its exact bytes (same SHA-1) it is shown against: the keep
+    image when they share them, else the first such member (the keep image itself is not listed)."""
+    first: dict[str, int] = {}
+    for i in group.ids:  # the keep image comes first
+        sha1 = rows[i].get("sha1")
+        if sha1:
+            first.setdefault(sha1, i)
+    return {i: first[rows[i]["sha1"]] for i in group.ids
+            if i != group.keep and rows[i].get("sha1") and first[rows[i]["sha1"]] != i}
+
+
 def report_to_table(report: DuplicateReport) -> str:
     lines = []
     for number, group in enumerate(report.groups, 1):
         lines.append(f"group {number}: {len(group.ids)} images")
+        identical = identical_members(group, report.rows)
         for i in group.ids:
             row = report.rows[i]
             mark = "keep  " if i == group.keep else "remove"
-            lines.append(f"  {mark} {row['path']}  ({row['width']}×{row['height']}, {_size(row['file_size'])})")
+            same = (", identical to " + ("the keep" if identical[i] == group.keep else report.rows[identical[i]]["path"])
+                    if i in identical else "")
+            lines.append(f"  {mark} {row['path']}  ({row['width']}×{row['height']}, {_size(row['file_size'])}{same})")
     removable = sum(len(g.ids) - 1 for g in report.groups)
     lines.append(f"{len(report.groups)} groups; {removable} images could be removed "
                  f"({report.candidates} candidate pairs, {report.verified} verified). Nothing was deleted.")
@@ -128,24 +144,32 @@ figcaption{font-size:.78em;word-break:break-all;margin-top:4px}
 .badge{display:inline-block;font-weight:bold;padding:1px 6px;border-radius:3px;color:#fff;background:#b33}
 .keep .badge{background:#2a8a2a}
 .missing{width:160px;height:100px;display:flex;align-items:center;justify-content:center;color:#888}
+.command code{display:inline-block;background:#fff;padding:.3em .5em;border-radius:4px;user-select:all}
 """
 
 
-def render_html(report: DuplicateReport, root: Path, title: str = "Duplicate images") -> str:
-    """The whole report page as a string (see the module docstring)."""
+def render_html(report: DuplicateReport, root: Path, title: str = "Duplicate images",
+                command: str | None = None) -> str:
+    """The whole report page as a string (see the module docstring); command: the `duplicates --move-to`
+    command line that moves this report's extras aside (shown to copy)."""
     rows = report.rows
     removable = sum(len(g.ids) - 1 for g in report.groups)
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              (f"<p class='summary'>{len(report.groups)} groups; {removable} images could be removed. "
-              "The image marked KEEP is suggested (highest resolution, then largest file, then oldest). "
-              "vladsearch deleted nothing.</p>")]
+              "The image marked KEEP is suggested (the original before its turned, mirrored, smaller or "
+              "newer copies). vladsearch deleted nothing.</p>")]
+    if command:
+        parts.append("<p class='command'>To move every <b>remove?</b> image aside (nothing is deleted; a manifest "
+                     "records each move and <code>vladsearch undo MANIFEST</code> puts them back), first check "
+                     f"with <code>--dry-run</code>, then run:<br><code id='move-command'>{html.escape(command)}</code></p>")
     for number, group in enumerate(report.groups, 1):
         links = {}
         for pair in group.pairs:
             for x, y in ((pair.a, pair.b), (pair.b, pair.a)):
                 if x == group.keep:
                     links[y] = pair
+        identical = identical_members(group, rows)
         parts.append(f"<section class='group' id='group-{number}'><h2>Group {number}: {len(group.ids)} images</h2>"
                      "<div class='images'>")
         for i in group.ids:
@@ -158,6 +182,9 @@ def render_html(report: DuplicateReport, root: Path, title: str = "Duplicate ima
             pair = links.get(i)
             if keep:
                 evidence = "suggested to keep"
+            elif i in identical:
+                twin = "the kept file" if identical[i] == group.keep else rows[identical[i]]["path"]
+                evidence = f"identical: the same bytes as {twin} (same SHA-1)"
             elif pair is None:
                 evidence = "linked through the group"
             elif pair.exact:
@@ -174,9 +201,9 @@ def render_html(report: DuplicateReport, root: Path, title: str = "Duplicate ima
     return "".join(parts)
 
 
-def write_html(report: DuplicateReport, path: Path, root: Path) -> Path:
+def write_html(report: DuplicateReport, path: Path, root: Path, command: str | None = None) -> Path:
     path = Path(path)
-    path.write_text(render_html(report, Path(root)), encoding="utf-8")
+    path.write_text(render_html(report, Path(root), command=command), encoding="utf-8")
     return path
 
 
@@ -216,27 +243,81 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--root", metavar="PHOTOS_DIR", help="where the indexed photos are now")
     parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    actions = parser.add_argument_group("safe actions (docs/DUPLICATES.md; nothing is ever deleted)")
+    actions.add_argument("--prefer", action="append", default=[], metavar="FOLDER",
+                         help="keep the image under this folder (an album) when a group has one; repeat: the "
+                              "first folder given wins")
+    actions.add_argument("--move-to", metavar="DIR", help="move every image but the kept one of each group under DIR "
+                                                         "(its path relative to the photos' folder kept); the index "
+                                                         "follows; `vladsearch undo MANIFEST` puts them back")
+    actions.add_argument("--dry-run", action="store_true", help="with --move-to: show what would move, change nothing")
+    actions.add_argument("--manifest", metavar="FILE", help="with --move-to: where to write the manifest (default: "
+                                                           "DIR/vladsearch-moves-DATE.json)")
     parser.set_defaults(func=run_cli)
     return parser
+
+
+def move_command(args: argparse.Namespace, move_to: str) -> str:
+    """The `duplicates … --move-to` command line that finds the same groups again and moves their extras."""
+    import shlex
+
+    words = ["vladsearch", "duplicates", os.path.abspath(args.index)]
+    for flag, value, default in (("--root", args.root and os.path.abspath(args.root), None),
+                                 ("--neighbors", args.neighbors, DEFAULT_NEIGHBORS),
+                                 ("--min-inliers", args.min_inliers, DEFAULT_MIN_INLIERS),
+                                 ("--min-similarity", args.min_similarity, DEFAULT_MIN_SIMILARITY),
+                                 ("--screen", args.screen, DEFAULT_SCREEN_KEYPOINTS),
+                                 ("--screen-inliers", args.screen_inliers, DEFAULT_SCREEN_INLIERS),
+                                 ("--grouping", args.grouping, "keep"), ("--knn", args.knn, "auto"),
+                                 ("--nprobe", args.nprobe, None)):
+        if value != default:
+            words += [flag, str(value)]
+    words += ["--no-mirror"] if args.no_mirror else []
+    for folder in args.prefer:
+        words += ["--prefer", os.path.abspath(folder) if os.path.isdir(folder) else folder]
+    return shlex.join(words + ["--move-to", os.path.abspath(move_to)])
+
+
+def _suggested_move_to(root: Path) -> str:
+    """A folder beside the photos' folder (outside it, so that `add` of the photos does not bring the extras back)."""
+    root = Path(os.path.abspath(root))
+    return str(root.parent / f"{root.name}-duplicates")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     from vladsearch.index import Index
 
+    from vladsearch import duplicate_actions
+
+    if (args.dry_run or args.manifest) and not args.move_to:
+        raise ValueError("--dry-run and --manifest go with --move-to DIR (the folder that receives the extras)")
     index = Index.open(args.index, root=args.root)
+    if args.move_to:
+        duplicate_actions.check_move_to(Path(args.move_to), index)  # before the long part
     report = find_duplicates(index, neighbors=args.neighbors, min_inliers=args.min_inliers,
                              min_similarity=args.min_similarity, grouping=args.grouping,
                              mirror=False if args.no_mirror else None, workers=args.workers,
                              progress=not args.quiet, nprobe=args.nprobe,  # bars go to stderr
-                             screen=args.screen, screen_inliers=args.screen_inliers, knn=args.knn)
+                             screen=args.screen, screen_inliers=args.screen_inliers, knn=args.knn,
+                             prefer=args.prefer)
     if args.html:
-        write_html(report, Path(args.html), index.root)
+        write_html(report, Path(args.html), index.root,
+                   command=move_command(args, args.move_to or _suggested_move_to(index.root)))
+    data = report_to_dict(report)
+    actions = None
+    if args.move_to:
+        actions = duplicate_actions.run(index, duplicate_actions.groups_of(data), args.move_to, args.manifest,
+                                        dry_run=args.dry_run)
     if args.json:
-        print(report_to_json(report))
+        print(json.dumps({**data, "actions": actions} if actions else data, indent=2, ensure_ascii=False))
     elif args.csv:
         sys.stdout.write(report_to_csv(report))
+        if actions:
+            print(duplicate_actions.summary_to_text(actions), file=sys.stderr)
     else:
         print(report_to_table(report))
+        if actions:
+            print(duplicate_actions.summary_to_text(actions))
         if args.html:
             print(f"wrote {args.html}")
-    return 0
+    return 1 if actions and any(e.get("problem") for e in actions["entries"]) else 0

@@ -57,6 +57,7 @@ class PairVerdict:
     affine: float = 0.0
     anisotropy: float = 1.0
     skew: float = 0.0
+    rotation: float = 0.0  # degrees the affine map turns a (mirrored first, if mirrored) onto b
 
 
 def mirrored_features(keypoints: np.ndarray, descriptors: np.ndarray) -> FeaturePair:
@@ -99,8 +100,8 @@ def _slices_hit(values: np.ndarray, low: float, high: float, bins: int) -> np.nd
     return np.bincount(at, minlength=bins) > 0
 
 
-def affine_fit(points_a: np.ndarray, points_b: np.ndarray,
-               threshold: float = DEFAULT_THRESHOLD_PX) -> tuple[float, float, float]:
+def affine_fit(points_a: np.ndarray, points_b: np.ndarray, threshold: float = DEFAULT_THRESHOLD_PX,
+               angle: bool = False) -> tuple[float, ...]:
     """(fraction of homography inliers one affine map also explains, its anisotropy, its skew).
 
     Edited copies (crop, rescale, rotation, mirror) are similarity images of their source:
@@ -113,7 +114,11 @@ def affine_fit(points_a: np.ndarray, points_b: np.ndarray,
     another direction: a magazine cover seen square-on and from above is an affine image of
     itself at anisotropy 1.19, skew 0.021; graf's frames 1-2 1.17, 0.019. The fit is at
     `threshold` px of 1024. points_a, points_b: M×2 matched inlier positions -> ([0, 1], ≥ 1, [0, 1]).
+    angle: append the map's rotation in degrees (of its nearest similarity; 90 for a quarter turn).
     """
+    if angle:
+        fit = affine_fit(points_a, points_b, threshold)
+        return (*fit, _rotation_degrees(points_a, points_b, threshold) if fit[0] > 0 else 0.0)
     if len(points_a) < 3:
         return 0.0, 1.0, 0.0
     a = points_a * _reference_scale(points_a)
@@ -130,6 +135,13 @@ def affine_fit(points_a: np.ndarray, points_b: np.ndarray,
     if singular[1] <= 0:
         return float(mask.sum()) / len(points_a), float("inf"), 1.0
     return float(mask.sum()) / len(points_a), float(singular[0] / singular[1]), min(_cosine(*linear.T), _cosine(*linear))
+
+
+def _rotation_degrees(points_a: np.ndarray, points_b: np.ndarray, threshold: float) -> float:
+    """The turn, in degrees, of the similarity map that best takes a's points onto b's."""
+    a, b = points_a * _reference_scale(points_a), points_b * _reference_scale(points_b)
+    model, _ = cv2.estimateAffinePartial2D(a, b, method=cv2.RANSAC, ransacReprojThreshold=threshold)
+    return float(np.degrees(np.arctan2(model[1, 0], model[0, 0]))) if model is not None else 0.0
 
 
 def _cosine(u: np.ndarray, v: np.ndarray) -> float:
@@ -192,7 +204,7 @@ def orientations_for(mirror: bool | str) -> tuple[bool, ...]:
 
 def verify_pair(a: FeaturePair, b: FeaturePair, mirror: bool | str = False, min_inliers: int = DEFAULT_MIN_INLIERS,
                 model: str = "homography", screen: int = 0, screen_inliers: int = 0,
-                counts: bool = True) -> tuple[int, bool, float, float, float]:
+                counts: bool = True, rotation: bool = False) -> tuple[int, bool, float, float, float]:
     """(inliers, mirrored, band occupancy, affine fraction, anisotropy, skew) of one pair of (keypoints N×2, descriptors N×D).
 
     mirror: when the direct match gives fewer than `min_inliers`, match a's mirrored SIFT
@@ -226,7 +238,7 @@ def verify_pair(a: FeaturePair, b: FeaturePair, mirror: bool | str = False, min_
     kps_a, chosen = best_points
     pa, pb = kps_a[chosen[:, 0]].astype(np.float64), b[0][chosen[:, 1]].astype(np.float64)
     occupancy = min(band_occupancy(pa, kps_a), band_occupancy(pb, b[0]))
-    return (*best, occupancy, *affine_fit(pa, pb))
+    return (*best, occupancy, *affine_fit(pa, pb, angle=rotation))  # rotation: + the turn (degrees)
 
 
 # --- the pool ----------------------------------------------------------------------------
@@ -252,7 +264,7 @@ def _verify_chunk(pairs: Sequence[tuple[int, int]]) -> list[PairVerdict]:
             out.append(PairVerdict(a, b, 0))
             continue
         out.append(PairVerdict(a, b, *verify_pair(fa, fb, _hints.get((a, b), _mirror), _min_inliers, _model, *_screen,
-                                                counts=_counts)))
+                                                counts=_counts, rotation=True)))
     return out
 
 
