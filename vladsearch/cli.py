@@ -144,9 +144,10 @@ def _build_parser() -> argparse.ArgumentParser:
     from vladsearch.server.cli import add_cli as add_serve
 
     add_serve(commands)
-    from vladsearch import duplicates_report, pairs
+    from vladsearch import duplicate_actions, duplicates_report, pairs
 
     duplicates_report.add_cli(commands)
+    duplicate_actions.add_cli(commands)  # undo, resume
     pairs.add_cli(commands)
     from vladsearch import watch_cli
 

@@ -21,9 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vladsearch import image_formats
+from vladsearch.image_formats import AVIF_EXTENSIONS, HEIF_EXTENSIONS, RAW_EXTENSIONS
+
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".gif",
+    *HEIF_EXTENSIONS, *AVIF_EXTENSIONS, *RAW_EXTENSIONS,  # through optional readers (image_formats.py)
 )
 # Pillow's own error threshold (2 × Image.MAX_IMAGE_PIXELS, ~13.4k × 13.4k): above any
 # 150 MP camera, and a grayscale decode stays under 180 MB. Checked on the header, before
@@ -63,8 +67,34 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+@dataclass
+class FolderScan:
+    """What a walk of a folder found: image files, and every other file with why it is not one.
+
+    images      sorted image paths
+    not_images  (path, reason) of the other files; hidden files (a name starting with ".")
+                and hidden or *.vlad folders are not walked, hence in neither list
+    """
+
+    images: list[Path]
+    not_images: list[tuple[Path, str]]
+
+
 def list_images(root: str | os.PathLike) -> list[Path]:
     """All image files under `root` (recursive, sorted, hidden files and *.vlad folders skipped).
+
+    See `scan_folder`, which also returns the files that are not images.
+    """
+    return scan_folder(root).images
+
+
+def not_image_reason(path: str | os.PathLike) -> str:
+    suffix = os.path.splitext(str(path))[1].lower()
+    return f"not an image ({suffix} files are not read)" if suffix else "not an image (no file extension)"
+
+
+def scan_folder(root: str | os.PathLike) -> FolderScan:
+    """Walk `root`: its image files and, with their reason, its other files (see FolderScan).
 
     Symlinked folders are followed, but each real folder is visited once (by device and
     inode), so loops such as `ln -s .. up` end, and each real file is listed once, under
@@ -75,8 +105,8 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist")
     if root.is_file():
-        return [root]
-    found, seen = [], set()
+        return FolderScan([root], [])
+    found, others, seen = [], [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         key = _identity(dirpath)
         if key in seen:
@@ -86,12 +116,16 @@ def list_images(root: str | os.PathLike) -> list[Path]:
         dirnames[:] = sorted((d for d in dirnames if not d.startswith(".") and not d.endswith(".vlad")),
                              key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
         for name in sorted(filenames):
-            if not name.startswith(".") and is_image_file(name):
-                key = _identity(os.path.join(dirpath, name))
-                if key not in seen:
-                    seen.add(key)
+            if name.startswith("."):
+                continue
+            key = _identity(os.path.join(dirpath, name))
+            if key not in seen:
+                seen.add(key)
+                if is_image_file(name):
                     found.append(Path(dirpath) / name)
-    return sorted(found)
+                else:
+                    others.append((Path(dirpath) / name, not_image_reason(name)))
+    return FolderScan(sorted(found), sorted(others))
 
 
 def _identity(path: str) -> tuple:
@@ -166,15 +200,24 @@ def _check_not_truncated(data: bytes) -> None:
 
 
 def decode_gray(data: bytes, max_side: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                ) -> tuple[np.ndarray, float, tuple[int, int]]:
+                name: str | os.PathLike | None = None) -> tuple[np.ndarray, float, tuple[int, int]]:
     """Decode encoded image bytes to grayscale uint8 with longer side ≤ max_side.
 
     Refuses images over `max_pixels` (None: no limit) from the header, before decoding.
-    Applies EXIF orientation; handles 16-bit, float, RGBA, CMYK, palette and grayscale files.
-    Returns (gray H×W uint8, scale, (orig_width, orig_height)).
+    Applies EXIF orientation; handles 16-bit, float, RGBA, CMYK, palette and grayscale files;
+    a file of frames (GIF, multi-page TIFF, animated WebP, HEIF sequence) gives its first.
+    `name` (the file's name) routes camera RAW files, which only their extension tells apart
+    from TIFF, to rawpy. Returns (gray H×W uint8, scale, (orig_width, orig_height)).
     """
     if len(data) == 0:
         raise ImageError("empty file (0 bytes)")
+    try:
+        if name is not None and image_formats.is_raw_name(name):
+            gray, size = image_formats.decode_raw(data, str(name), max_side, max_pixels)
+            return _fit(gray, size, max_side)
+        image_formats.prepare_readers(data)
+    except (image_formats.MissingReader, ValueError) as exc:
+        raise ImageError(str(exc)) from None
     size = _image_header_size(data, max_pixels)
     _check_not_truncated(data)
     is_jpeg = data[:2] == b"\xff\xd8"
@@ -188,11 +231,7 @@ def decode_gray(data: bytes, max_side: int | None, max_pixels: int | None = DEFA
             if max(size) / factor >= max_side:
                 flag, reduced = _REDUCED_FLAGS[factor], True
                 break
-    buffer = np.frombuffer(data, np.uint8)
-    try:
-        gray = cv2.imdecode(buffer, flag)
-    except cv2.error as exc:
-        raise ImageError(f"cannot decode ({exc.err})") from None
+    gray = _decode_with_pillow(data) if _pillow_first(data) else _decode_with_opencv(data, flag)
     if gray is None:
         gray = _decode_with_pillow(data)
     if gray.ndim == 3:
@@ -202,6 +241,11 @@ def decode_gray(data: bytes, max_side: int | None, max_pixels: int | None = DEFA
     gray = _to_uint8(gray)
     if size is None or not reduced and gray.shape[1] != size[0]:
         size = (gray.shape[1], gray.shape[0])
+    return _fit(gray, size, max_side)
+
+
+def _fit(gray: np.ndarray, size: tuple[int, int], max_side: int | None) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """(gray with longer side ≤ max_side, original pixels per gray pixel, size) for decode_gray."""
     longest = max(gray.shape[:2])
     if max_side and longest > max_side:
         factor = max_side / longest
@@ -209,6 +253,24 @@ def decode_gray(data: bytes, max_side: int | None, max_pixels: int | None = DEFA
         gray = cv2.resize(gray, new_size, interpolation=cv2.INTER_AREA)
     scale = size[0] / gray.shape[1]
     return np.ascontiguousarray(gray), float(scale), (int(size[0]), int(size[1]))
+
+
+def _pillow_first(data: bytes) -> bool:
+    """HEIF, and AVIF where Pillow reads it: Pillow applies their rotation boxes and EXIF orientation."""
+    kind = image_formats.container_kind(data)
+    if kind == "avif":
+        from PIL import features
+
+        return bool(features.check("avif"))
+    return kind == "heif"
+
+
+def _decode_with_opencv(data: bytes, flag: int) -> np.ndarray | None:
+    """OpenCV's decode (None when OpenCV does not know the format); ImageError when it fails on the data."""
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    except cv2.error as exc:
+        raise ImageError(f"cannot decode ({exc.err})") from None
 
 
 def _to_uint8(gray: np.ndarray) -> np.ndarray:
@@ -247,7 +309,8 @@ def _decode_with_pillow(data: bytes) -> np.ndarray:
                 return np.asarray(im).astype(np.float32 if im.mode == "F" else np.int32)
             return np.asarray(im.convert("L"))
     except UnidentifiedImageError:
-        raise ImageError("not an image file (unrecognised format)") from None
+        raise ImageError(image_formats.missing_reader_reason(data) or "not an image file (unrecognised format)") \
+            from None
     except Exception as exc:  # noqa: BLE001
         raise ImageError(f"cannot decode ({exc})") from None
 
@@ -264,7 +327,7 @@ def load_image(path: str | os.PathLike, max_side: int | None = 1024,
             data = handle.read()
     except OSError as exc:
         raise ImageError(f"cannot read file ({exc.strerror})") from None
-    gray, scale, size = decode_gray(data, max_side, max_pixels)
+    gray, scale, size = decode_gray(data, max_side, max_pixels, name=path)
     return LoadedImage(gray, scale, size, stat.st_size, stat.st_mtime, hashlib.sha1(data).hexdigest())
 
 
@@ -296,20 +359,31 @@ def is_image_list(source: str | os.PathLike) -> bool:
 
 
 def collect_inputs(source: str | os.PathLike) -> tuple[Path, list[Path]]:
-    """(root, image paths) for a folder, an image file, or a text file listing images.
+    """(root, image paths) for a folder, an image file, or a text file listing images (see scan_inputs)."""
+    root, scan = scan_inputs(source)
+    return root, scan.images
+
+
+def scan_inputs(source: str | os.PathLike) -> tuple[Path, FolderScan]:
+    """(root, scan) for a folder, an image file, or a text file listing images.
 
     A list's root is the deepest folder holding every listed file (indexed names are
-    relative to it, as they are to a folder).
+    relative to it, as they are to a folder); a list's files are all taken as images.
     """
     if is_image_list(source):
         paths = read_image_list(Path(source))
         if not paths:
             raise ValueError(f"{source} lists no images (one path per line)")
-        return Path(os.path.commonpath([str(p.parent) for p in paths])), paths
+        return Path(os.path.commonpath([str(p.parent) for p in paths])), FolderScan(paths, [])
     root = Path(os.path.abspath(source))
-    return root, list_images(root)
+    return root, scan_folder(root)
 
 
 def expand_inputs(source: str | os.PathLike) -> list[Path]:
     """The image files of a folder, an image, or a list file (`add`)."""
-    return read_image_list(Path(source)) if is_image_list(source) else list_images(source)
+    return scan_input(source).images
+
+
+def scan_input(source: str | os.PathLike) -> FolderScan:
+    """The image files of a folder, an image, or a list file, and the folder's other files (`add`)."""
+    return FolderScan(read_image_list(Path(source)), []) if is_image_list(source) else scan_folder(source)

@@ -24,7 +24,7 @@ import numpy as np
 from vladsearch import catalog, compaction, legacy, search, segments, writer
 from vladsearch.encoder import BuildParams, Encoder
 from vladsearch.features import extractor_class
-from vladsearch.images import IMAGE_EXTENSIONS, collect_inputs, expand_inputs
+from vladsearch.images import IMAGE_EXTENSIONS, scan_input, scan_inputs
 from vladsearch.moves import find_moves
 from vladsearch.results import SearchResult
 from vladsearch.snapshot import TEMPLATE_BLOB, Snapshot
@@ -62,14 +62,15 @@ class Index:
         """
         extractor_class(features)  # unknown names and bad parameters fail before any work
         build_params = BuildParams(features=features, clusters=clusters, **params)
-        root, paths = collect_inputs(images)  # a folder, or a text file listing images
+        root, scan = scan_inputs(images)  # a folder, or a text file listing images
+        paths = scan.images
         if not paths:
             raise ValueError(f"no images found in {images} (looked for {', '.join(IMAGE_EXTENSIONS)})")
         temporary = index is None
         index_dir = Path(tempfile.mkdtemp(prefix="vladsearch-index-")) if temporary else Path(index)
         created = temporary or not index_dir.exists()
         writer.prepare_directory(index_dir, force)
-        report = Report()
+        report = Report(not_images=[(_relative(p, root), why) for p, why in scan.not_images])
         names = {str(p): _relative(p, root) for p in paths}
         try:
             encoder = Encoder(build_params, weights=weights)
@@ -186,12 +187,14 @@ class Index:
         """Encode new or changed images with the existing codebook and commit them as one segment."""
         writer.check_writable(self.path)
         self._writable()
-        files = {_relative(f, self.root): f for given in paths for f in expand_inputs(given)}
+        scans = [scan_input(given) for given in paths]
+        files = {_relative(f, self.root): f for scan in scans for f in scan.images}
         renamed = self._rename_moved(files)  # moved files keep their entry: no extraction
         files = {name: f for name, f in files.items() if name not in renamed}
         self.report = writer.add_files(self.path, self.encoder, self.meta["build_id"], files, workers, progress,
                                        self.root)
         self.report.renamed = len(renamed)
+        self.report.not_images = [(_relative(f, self.root), why) for scan in scans for f, why in scan.not_images]
         if merge and self.report.segments:
             compaction.auto_merge(self.path, self.encoder.dim, self._feature_dim(), self.params.keep_features,
                                   self.params.vector_dtype, self._code_size(), self.encoder.descriptor_codec)

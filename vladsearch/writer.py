@@ -47,6 +47,7 @@ class Report:
     indexed: int = 0
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
+    not_images: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): a folder's other files
     no_keypoints: list[str] = field(default_factory=list)
     replaced: int = 0
     segments: int = 0

@@ -29,7 +29,8 @@ from vladsearch.images import ImageError, decode_gray
 from vladsearch.index import Index
 from vladsearch.server.concurrency import ReadWriteLock, WorkQueue
 from vladsearch.server.errors import ServiceError
-from vladsearch.server.files import UPLOADS, ThumbnailCache, check_relative, resolve_inside, upload_name, write_new
+from vladsearch.server.files import (UPLOADS, ThumbnailCache, check_indexed_name, resolve_indexed, resolve_inside,
+                                     upload_name, write_new)
 
 log = logging.getLogger("vladsearch.server")
 
@@ -130,15 +131,18 @@ class Engine:
             return self.index.refresh()
 
     # --- searching -----------------------------------------------------------------------
-    def check_image(self, data: bytes) -> None:
-        """Decode an upload as the index would, under the upload pixel limit; ImageError says what is wrong."""
-        decode_gray(data, self.index.params.max_side, self.limits.max_pixels)
+    def check_image(self, data: bytes, name: str | None = None) -> None:
+        """Decode an upload as the index would, under the upload pixel limit; ImageError says what is wrong.
+
+        name: the client's file name, whose extension tells camera RAW files apart from TIFF.
+        """
+        decode_gray(data, self.index.params.max_side, self.limits.max_pixels, name=name)
 
     def search_upload(self, data: bytes, filename: str, options: SearchOptions) -> dict[str, Any]:
         """One element of `search --json` for uploaded bytes, plus `seconds`; 400 for an unusable image."""
         started = time.perf_counter()
         try:
-            self.check_image(data)
+            self.check_image(data, filename)
         except ImageError as exc:
             raise ServiceError(400, f"{filename}: {exc}") from None
         with tempfile.NamedTemporaryFile(prefix="vladsearch-query-", suffix=Path(upload_name(filename, data)).suffix) \
@@ -162,14 +166,14 @@ class Engine:
 
     # --- the images of the index -------------------------------------------------------
     def indexed_file(self, path: str) -> Path:
-        """The real file of an indexed image, only if it lies under the root; else 404 (or 400 for a bad path)."""
-        check_relative(path)
+        """The real file of an indexed image, inside its indexed folder (files.py); else 404 (or 400 for a bad path)."""
+        check_indexed_name(path)
         with self.snapshot_lock.shared():
             row = catalog.find_image(self.index.snapshot.table, path)
             root = self.index.root
         if row is None or row["segment"] is None:
             raise ServiceError(404, f"{path} is not in the index")
-        return resolve_inside(root, path)
+        return resolve_indexed(root, path)
 
     def thumbnail(self, path: str) -> bytes:
         return self.thumbnails.get(self.indexed_file(path))
@@ -184,7 +188,7 @@ class Engine:
         skipped, usable = [], []
         for name, data in files:
             try:
-                self.check_image(data)
+                self.check_image(data, name)
                 usable.append((name, data))
             except ImageError as exc:
                 skipped.append({"path": name, "reason": str(exc)})

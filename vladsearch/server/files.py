@@ -1,9 +1,12 @@
-"""Files the service reads and writes: indexed images under the root, thumbnails, uploads.
+"""Files the service reads and writes: indexed images, thumbnails, uploads.
 
-Nothing outside the index's root is ever read for a client: a requested path must be an
-indexed path relative to the root (no `..`, no absolute path, no backslash, no empty or
-`.` component), and its real path (symlinks resolved) must still lie under the root's
-real path. Uploads get fresh names that no client chooses.
+Being in the index is the permission to be served: a requested path must be the name of
+an indexed image, which is relative to the index's root, or absolute for an image added
+from another folder (`add INDEX OTHER_FOLDER`). Either way it is a plain path (no `..`,
+no backslash, no empty or `.` component), and its real path (symlinks resolved) must still
+lie under the real path of its indexed location: the root for a relative name, the
+image's own folder for an absolute one. So no symlink leads a request out of where the
+index's owner put the images. Uploads get fresh names that no client chooses.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from vladsearch import image_formats
 from vladsearch.images import IMAGE_EXTENSIONS, ImageError
 from vladsearch.server.errors import ServiceError
 
@@ -35,13 +39,34 @@ def check_relative(path: str) -> str:
     return path
 
 
+def check_indexed_name(name: str) -> str:
+    """`name` if it is shaped like an image's name in the index (relative, or absolute and plain); else 400."""
+    drive = re.match(r"^(/|[A-Za-z]:/)", name)
+    if drive is None:
+        return check_relative(name)
+    rest = name[drive.end():]
+    if not rest or "\\" in rest or "\x00" in rest or any(part in ("", ".", "..") for part in rest.split("/")):
+        raise ServiceError(400, f"invalid image path {name!r}: give the indexed path as search returns it")
+    return name
+
+
+def resolve_indexed(root: Path, name: str) -> Path:
+    """The real file of an indexed name (see the module's docstring); 404 when it leads out of its location."""
+    check_indexed_name(name)
+    if not re.match(r"^(/|[A-Za-z]:/)", name):
+        return resolve_inside(root, name)
+    folder, file_name = name.rsplit("/", 1)
+    return resolve_inside(Path(folder or "/"), file_name)
+
+
 def resolve_inside(root: Path, relative: str) -> Path:
     """The real file for an indexed relative path, or 404 when it (or a symlink on the way) leads out of root."""
     check_relative(relative)
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, relative))
     if os.path.commonpath([real_root, real]) != real_root or not os.path.isfile(real):
-        raise ServiceError(404, f"{relative} is not an image under the index's root")
+        raise ServiceError(404, f"{relative} is not a file inside its indexed folder (missing, or a symlink "
+                                "leading out of it)")
     return Path(real)
 
 
@@ -49,7 +74,8 @@ def upload_name(filename: str, data: bytes) -> str:
     """A fresh, safe file name for an upload: date, random part, the client's name reduced to [A-Za-z0-9._-]."""
     stem, suffix = os.path.splitext(os.path.basename(filename.replace("\\", "/")))
     if suffix.lower() not in IMAGE_EXTENSIONS:
-        suffix = next((s for magic, s in _MAGIC if data.startswith(magic)), ".img")
+        kind = image_formats.container_kind(data)
+        suffix = f".{kind}" if kind else next((s for magic, s in _MAGIC if data.startswith(magic)), ".img")
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:60] or "image"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}-{stem}{suffix.lower()}"
 
@@ -70,7 +96,11 @@ def make_thumbnail(path: Path, side: int, max_pixels: int | None) -> bytes:
     """A JPEG of at most side×side pixels (aspect kept, EXIF orientation applied), decoded at reduced scale."""
     from PIL import Image, ImageOps
 
+    if image_formats.is_raw_name(path):
+        return _raw_thumbnail(path, side, max_pixels)
     try:
+        with open(path, "rb") as handle:
+            image_formats.prepare_readers(handle.read(64))  # HEIF: register pillow-heif's opener
         with Image.open(path) as im:
             width, height = im.size
             if max_pixels is not None and width * height > max_pixels:
@@ -81,10 +111,27 @@ def make_thumbnail(path: Path, side: int, max_pixels: int | None) -> bytes:
             buffer = io.BytesIO()
             shown.convert("RGB").save(buffer, "JPEG", quality=85)
             return buffer.getvalue()
+    except image_formats.MissingReader as exc:
+        raise ImageError(str(exc)) from None
     except ImageError:
         raise
     except Exception:  # noqa: BLE001 - formats Pillow lacks: OpenCV, the same reader the index used
         return _thumbnail_with_opencv(path, side)
+
+
+def _raw_thumbnail(path: Path, side: int, max_pixels: int | None) -> bytes:
+    """A camera RAW's thumbnail, from its embedded preview or a half-size demosaic (image_formats)."""
+    from PIL import Image
+
+    try:
+        rgb, _ = image_formats.decode_raw(path.read_bytes(), path.name, side, max_pixels, color=True)
+    except (image_formats.MissingReader, ValueError) as exc:
+        raise ImageError(str(exc)) from None
+    shown = Image.fromarray(rgb)
+    shown.thumbnail((side, side))
+    buffer = io.BytesIO()
+    shown.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def _thumbnail_with_opencv(path: Path, side: int) -> bytes:
