@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import warnings
 
@@ -33,6 +34,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes for decoding and extraction (default: all cores)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="list every file left out with its reason (files that are not images too)")
 
 
 def _add_ray(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--json", action="store_true", help="print the build report as JSON")
     _add_common(build)
+    _add_verbose(build)
     _add_ray(build)
 
     search = commands.add_parser("search", help="find the most similar indexed images")
@@ -120,6 +127,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add.add_argument("--root", metavar="PHOTOS_DIR", help="the indexed photos' folder, if it moved apart from the index")
     add.add_argument("--no-merge", action="store_true", help="do not merge small segments after the commit")
     _add_common(add)
+    _add_verbose(add)
     _add_ray(add)
 
     remove = commands.add_parser("remove", help="remove images from an index")
@@ -155,11 +163,12 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_report(report, as_json: bool, extra: dict | None = None) -> None:
+def _print_report(report, as_json: bool, extra: dict | None = None, verbose: bool = False) -> None:
     data = {**(extra or {}), "indexed": report.indexed, "unchanged": report.unchanged, "replaced": report.replaced,
             "renamed": getattr(report, "renamed", 0),
             "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
-            "no_keypoints": report.no_keypoints}
+            "no_keypoints": report.no_keypoints,
+            "not_images": [{"path": p, "reason": r} for p, r in report.not_images]}
     if as_json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return
@@ -179,6 +188,20 @@ def _print_report(report, as_json: bool, extra: dict | None = None) -> None:
         print(f"skipped {len(report.skipped)} files:")
         for path, reason in report.skipped:
             print(f"  {path}: {reason}")
+    _print_not_images(report.not_images, verbose)
+
+
+def _print_not_images(not_images: list[tuple[str, str]], verbose: bool) -> None:
+    """'3 files are not images (.docx, .txt)', each listed with its reason when verbose."""
+    if not not_images:
+        return
+    suffixes = sorted({os.path.splitext(path)[1].lower() or "no extension" for path, _ in not_images})
+    shown = ", ".join(suffixes[:8]) + (", …" if len(suffixes) > 8 else "")
+    noun = "file is not an image" if len(not_images) == 1 else "files are not images"
+    print(f"{len(not_images)} {noun} ({shown})" + (":" if verbose else "; --verbose lists them"))
+    if verbose:
+        for path, reason in not_images:
+            print(f"  {path}: {reason}")
 
 
 def _cmd_build(args) -> int:
@@ -193,7 +216,8 @@ def _cmd_build(args) -> int:
         keep_features=args.keep_features, max_pixels=args.max_pixels or None,
         **{**preset_params(args.preset), **({"feature_codes": args.feature_codes} if args.feature_codes else {})})
     timings = {k: round(v, 3) for k, v in index.timings.items()}
-    _print_report(index.report, args.json, {"index": args.index, **executor_report(index), "timings": timings})
+    _print_report(index.report, args.json, {"index": args.index, **executor_report(index), "timings": timings},
+                  args.verbose)
     if not args.json:
         print(f"wrote {args.index} ({index.report.indexed} vectors of {index.encoder.dim} dimensions); "
               + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
@@ -228,7 +252,7 @@ def _cmd_add(args) -> int:
 
         report = add_images(index, args.paths, address=args.ray, workers=args.workers, progress=not args.quiet,
                             merge=not args.no_merge)
-    _print_report(report, args.json, {"index": args.index, **executor_report(index)})
+    _print_report(report, args.json, {"index": args.index, **executor_report(index)}, args.verbose)
     return 0
 
 
