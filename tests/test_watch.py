@@ -165,6 +165,17 @@ def test_a_touched_file_is_not_encoded_again_and_hidden_or_index_files_are_ignor
     assert watcher.watched(lib / "album" / "a.jpg") and not watcher.watched(tmp_path / "elsewhere.jpg")
 
 
+def test_a_network_file_system_is_polled(tmp_path, monkeypatch):
+    from vladsearch import watch_events
+
+    if sys.platform.startswith("linux"):
+        assert watch_events.filesystem_type(tmp_path)  # /proc/mounts names the file system holding it
+    monkeypatch.setattr(watch_events, "filesystem_type", lambda path: "nfs4")
+    said = []
+    assert isinstance(open_source([tmp_path], {}, None, say=said.append), PollSource)
+    assert "network file system" in said[0]
+
+
 def test_without_watchdog_it_polls_and_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "watchdog.observers", None)  # import fails as when not installed
     said = []

@@ -35,6 +35,7 @@ from vladsearch.moves import file_sha1, find_moves, indexed_file
 QUIET = 2.0       # seconds without a change before a batch is committed
 MAX_DELAY = 20.0  # a batch waits at most this long under a steady stream of changes
 SETTLE = 2.0      # a file is complete once nothing wrote it for this long (or it was closed)
+RESCAN = 600.0    # with file events, a full scan this often too (events can be lost: a full inotify queue)
 
 
 @dataclass
@@ -182,15 +183,18 @@ class Watcher:
 
 
 def run(watcher: Watcher, source, stop: threading.Event, report: Callable[[Batch], None], *, quiet: float = QUIET,
-        max_delay: float = MAX_DELAY, on_error: Callable[[Exception], None] | None = None) -> None:
+        max_delay: float = MAX_DELAY, rescan: float = RESCAN,
+        on_error: Callable[[Exception], None] | None = None) -> None:
     """Catch up, then commit a batch whenever `source` (watch_events) has been quiet; until `stop` is set.
 
     The batch under way when `stop` is set is finished (its commits are whole) before returning.
     """
     full_due, pending, failures = True, set(), 0
-    first = last = last_batch = time.monotonic()
+    first = last = last_batch = last_full = time.monotonic()
     while not stop.is_set():
         now = time.monotonic()
+        if now - last_full >= rescan:
+            full_due, last_full = True, now
         settled = pending and (now - last >= quiet or now - first >= max_delay)
         if full_due or settled or (watcher.waiting and now - last_batch >= watcher.settle):
             scope, full_due, pending = (None if full_due else pending), False, set()
