@@ -252,3 +252,22 @@ def test_without_an_avif_reader_the_reason_says_what_to_install(monkeypatch):
     monkeypatch.setattr(features, "check", lambda name: False)
     assert "AVIF needs Pillow ≥ 11.3" in image_formats.missing_reader_reason(avif)
     assert image_formats.missing_reader_reason(b"\xff\xd8\xff\xe0" + bytes(20)) is None
+
+
+@pytest.mark.parametrize("suffix", [".dng", ".heic", ".avif"])
+def test_thumbnails_of_camera_formats_are_upright_jpegs(tmp_path, suffix):
+    """The server's thumbnails read these formats as indexing does (the web page shows them)."""
+    from vladsearch.server.files import make_thumbnail
+
+    tall = rgb("astronaut")[:, :400]
+    path = tmp_path / f"turned{suffix}"
+    if suffix == ".dng":
+        write_dng(path, tall, preview=None, orientation=6)
+    else:
+        exif = Image.Exif()
+        exif[ORIENTATION] = 6
+        Image.fromarray(tall).save(path, exif=exif.tobytes())
+    thumbnail = Image.open(io.BytesIO(make_thumbnail(path, 128, None)))
+    assert thumbnail.format == "JPEG" and thumbnail.size == (128, 100)
+    shown = cv2.rotate(gray_of(tall), cv2.ROTATE_90_CLOCKWISE)
+    assert correlation(np.asarray(thumbnail.convert("L")), shown) > 0.9
