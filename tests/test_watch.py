@@ -155,6 +155,21 @@ def test_a_file_still_being_written_waits_until_complete(library, tmp_path):
     assert watcher.sync().extracted == 0  # nothing twice
 
 
+def test_a_vanished_file_stays_while_another_is_being_written_but_a_rename_goes_through(library, tmp_path):
+    index, lib, spare = _copy(library, tmp_path)
+    watcher = Watcher(Index.open(index), [lib], workers=1, settle=60)
+    an_hour_ago = time.time() - 3600
+    os.utime(lib / "coins.jpg", (an_hour_ago, an_hour_ago))
+    os.rename(lib / "coins.jpg", lib / "coins 2.jpg")  # a complete file: nothing wrote it for an hour
+    (lib / "moon.jpg").unlink()  # may reappear as the file being written
+    shutil.copyfile(spare / "text.jpg", lib / "text.jpg")
+    batch = watcher.sync()
+    assert (batch.renamed, batch.removed, batch.extracted) == ({"coins.jpg": "coins 2.jpg"}, [], 0)
+    watcher.closed[str(lib / "text.jpg")] = time.time() + 1
+    batch = watcher.sync([])
+    assert (batch.added, batch.removed, batch.waiting) == (["text.jpg"], ["moon.jpg"], 0)
+
+
 def test_a_touched_file_is_not_encoded_again_and_hidden_or_index_files_are_ignored(library, tmp_path):
     index, lib, _ = _copy(library, tmp_path)
     watcher = Watcher(Index.open(index), [lib], workers=1, settle=0.01)

@@ -150,11 +150,11 @@ class Watcher:
                 else:
                     self.handled[name] = state
             gone = {name for name in rows if name not in files and not indexed_file(self.index.root, name).exists()}
-            if self.waiting and gone:  # one of the files being written may be a vanished one, moved: wait for it
-                self.waiting |= {indexed_file(self.index.root, name) for name in gone}
-                gone = set()
             new = {name: path for name, (path, _) in todo.items() if name not in rows}
             moves = find_moves(db, new, self.index.root, gone=gone) if gone and new else {}
+            if self.waiting and gone - set(moves):  # a file being written may be one that vanished, moved
+                self.waiting |= {indexed_file(self.index.root, name) for name in gone - set(moves)}
+                gone = set(moves)  # the others are removed once no file is being written
         finally:
             db.close()
         batch.waiting = len(self.waiting)
