@@ -19,6 +19,7 @@ writer lock only for itself, so readers, `serve` and other writers go on meanwhi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -78,6 +79,11 @@ class Watcher:
         self.handled: dict[str, tuple[int, float]] = {}  # name -> (size, mtime) already taken or failed
         self.closed: dict[str, float] = {}               # path -> time of its last close-after-write
         self.waiting: set[Path] = set()                   # files not complete yet
+
+    def reopen(self) -> None:
+        """Open the index again (after a failed batch: it may have been rebuilt) and forget what was handled."""
+        self.index = Index.open(self.index.path, weights=self.index.encoder.weights, root=self.index.root)
+        self.handled.clear()
 
     # --- which files and rows a batch looks at ------------------------------------------
     def watched(self, path: Path) -> bool:
@@ -207,6 +213,8 @@ def run(watcher: Watcher, source, stop: threading.Event, report: Callable[[Batch
                 if on_error is None:
                     raise
                 on_error(exc)
+                with contextlib.suppress(Exception):
+                    watcher.reopen()
                 failures += 1
                 stop.wait(min(quiet * 2 ** failures, 300.0))
                 full_due = True
