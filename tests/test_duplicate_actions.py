@@ -273,3 +273,80 @@ def test_keep_order_puts_the_original_first():
     assert sorted([turned, keep_order(rows[0])])[0] == keep_order(rows[0])  # un-turned before larger
     assert keep_order(rows[1], exif=(30, "2019:01:01 10:00:00")) < keep_order(rows[2])  # richer EXIF first
     assert keep_order(rows[0], prefer=0) < keep_order(rows[2], prefer=1)  # --prefer before everything
+
+
+def test_the_server_moves_and_undoes_through_the_same_manifest_behind_its_token(own):
+    pytest.importorskip("fastapi", reason="the server needs the extra: pip install '.[serve]'")
+    pytest.importorskip("multipart", reason="the server needs python-multipart: pip install '.[serve]'")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    from vladsearch.server.app import create_app
+
+    before, indexed_before = _hashes(own / "photos"), _indexed(own)
+    auth = {"Authorization": "Bearer s3cret"}
+    with TestClient(create_app(own / "photos.vlad", token="s3cret", refresh_interval=0.2)) as client:
+        assert client.post("/api/duplicates/move", json={"dry_run": False}).status_code == 401
+        assert client.post("/api/undo", json={"manifest": "/x.json"}).status_code == 401
+        preview = client.post("/api/duplicates/move", json={}, headers=auth)  # a dry run unless asked
+        assert preview.status_code == 200 and preview.json()["dry_run"]
+        assert {e["image"] for e in preview.json()["entries"]} == EXTRAS and _hashes(own / "photos") == before
+        for bad in ("../elsewhere", "a/b", ".hidden", ""):
+            answer = client.post("/api/duplicates/move", json={"dry_run": False, "move_to": bad}, headers=auth)
+            assert answer.status_code == 400 and "move_to" in answer.json()["error"]
+        moved = client.post("/api/duplicates/move", json={"dry_run": False}, headers=auth).json()
+        manifest = Path(moved["manifest"])
+        assert moved["counts"] == {"moved": len(EXTRAS)} and manifest.parent == own / "photos-duplicates"
+        assert set(_hashes(own / "photos")) == set(before) - EXTRAS
+        assert client.get("/api/info", headers=auth).json()["counts"]["vectors"] == len(indexed_before)
+        for foreign in ("/etc/passwd", str(own / "photos.vlad" / "catalog.sqlite"), "relative.json"):
+            assert client.post("/api/undo", json={"manifest": foreign}, headers=auth).status_code == 404
+        assert json.loads(cli("undo", str(manifest), "--dry-run", "--json").stdout)["counts"] == {"moved": len(EXTRAS)}
+        undone = client.post("/api/undo", json={"manifest": str(manifest)}, headers=auth).json()
+        assert undone["counts"] == {"restored": len(EXTRAS)}
+    assert _hashes(own / "photos") == before and _indexed(own) == indexed_before
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def test_the_page_finds_moves_and_undoes(own):
+    pytest.importorskip("fastapi", reason="the server needs the extra: pip install '.[serve]'")
+    pytest.importorskip("selenium", reason="the browser test needs selenium: pip install '.[test]'")
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip("needs the system Chromium and its driver: apt-get install -y chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from server_helpers import serve
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"):
+        options.add_argument(flag)
+    before, indexed_before = _hashes(own / "photos"), _indexed(own)
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        with serve(own / "photos.vlad") as base:
+            browser.get(base + "/")
+            wait = WebDriverWait(browser, 120)
+            report = browser.find_element(By.ID, "dup-report")
+            browser.find_element(By.ID, "dup-find").click()
+            wait.until(lambda _: "extras would move" in report.text)
+            assert f"{len(EXTRAS)} extras would move" in report.text and "backup/coffee.jpg (identical)" in report.text
+            assert _hashes(own / "photos") == before  # the preview is a dry run
+            browser.execute_script("window.confirm = () => true;")
+            browser.find_element(By.ID, "dup-move").click()
+            wait.until(lambda _: "Moved" in report.text)
+            assert f"Moved {len(EXTRAS)} files" in report.text
+            assert set(_hashes(own / "photos")) == set(before) - EXTRAS
+            browser.find_element(By.ID, "dup-undo").click()
+            wait.until(lambda _: "Restored" in report.text)
+            assert f"Restored {len(EXTRAS)} files" in report.text
+    finally:
+        browser.quit()
+    assert _hashes(own / "photos") == before and _indexed(own) == indexed_before

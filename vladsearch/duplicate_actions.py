@@ -150,8 +150,6 @@ def apply(manifest: dict[str, Any], manifest_path: Path, index: Index, direction
         done = [e for e in batch if _settle_entry(e, direction, fresh)]
         _rename_in_index(index, done, direction)
         write_manifest(manifest_path, manifest)
-    if not active:
-        _rename_in_index(index, [], direction)
     manifest["state"] = "moved" if direction == "forward" else "undone"
     write_manifest(manifest_path, manifest)
     return summary(manifest, manifest_path, direction=direction)

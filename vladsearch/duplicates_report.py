@@ -213,8 +213,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "duplicates", help="find every group of near-duplicate images in an index",
         description="Group the indexed images that are copies of each other (exact, rescaled, cropped, rotated, "
-                    "mirrored, captioned, recoloured) and suggest which one to keep in each group (highest "
-                    "resolution, then largest file, then oldest). Nothing is deleted.")
+                    "mirrored, captioned, recoloured) and suggest which one to keep in each group (the original: "
+                    "un-turned, un-mirrored, largest, richest EXIF, oldest). Nothing is deleted; --move-to moves "
+                    "the others aside, and `vladsearch undo MANIFEST` puts them back.")
     parser.add_argument("index", metavar="INDEX")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the groups as JSON")
