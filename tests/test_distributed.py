@@ -124,6 +124,34 @@ def test_ray_add_commits_the_vectors_a_local_add_would(ray_session, photos, tmp_
     assert again.indexed == 0 and again.unchanged == 6
 
 
+def test_a_ray_add_that_merges_a_large_preset_index_keeps_it_sound(ray_session, photos, tmp_path):
+    """The merge a Ray add triggers is the local one: on a --preset large index (float16
+    vectors, compact codes) it rewrites the segments it should, and check and search agree."""
+    from vladsearch.compaction import MERGE_FACTOR
+    from vladsearch.encoder import preset_params
+
+    index_dir = tmp_path / "large.vlad"
+    index = Index.build(photos, index=index_dir, workers=2, progress=False, **{**SMALL, **preset_params("large")})
+    assert index.params.vector_dtype == "float16" and index.encoder.coder is not None
+    new = make_images(tmp_path / "new", MERGE_FACTOR, seed=21)
+    for image in new[:-1]:  # one small segment each, below the merge
+        index.add([image], workers=1, progress=False, merge=False)
+    before = info(index_dir)
+    assert before["counts"]["segments"] == MERGE_FACTOR
+    report = distributed.add_images(index, [new[-1]], progress=False)  # the tenth small segment: a merge
+    assert report.indexed == 1 and report.segments == 1
+    after = info(index_dir)
+    assert after["commits"] == before["commits"] + 2  # the add and its merge
+    assert after["counts"]["segments"] == 2 and after["counts"]["vectors"] == before["counts"]["vectors"] + 1
+    problems, counts = check_index(index_dir)
+    assert problems == [] and counts["vectors"] == after["counts"]["vectors"]
+    reopened = Index.open(index_dir)
+    for image in (new[0], new[-1], photos / "img_1_003.jpg"):  # searched through the merged segments
+        [result] = reopened.search([image], top=1, rerank=0)
+        name = image.relative_to(photos).as_posix() if image.is_relative_to(photos) else image.as_posix()
+        assert result.matches[0].image == name
+
+
 class FailingEncoder(distributed.SegmentEncoder):
     """A worker that fails on the batches holding images of more/ or img_1_012.jpg (shipped by value)."""
 

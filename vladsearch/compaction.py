@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vladsearch import catalog, segments
+from vladsearch.encoder import Encoder
 from vladsearch.features.base import Features
 
 MERGE_FACTOR = 10
@@ -50,14 +51,18 @@ def segments_to_merge(live: list[dict]) -> list[str]:
     return []
 
 
-def merge(index_dir: Path, dim: int, feature_dim: int | None, names: list[str] | None = None,
-          keep_features: int = 0, dtype: str = "float32", code_size: int = 0, feature_codec=None) -> MergeReport:
+def merge(index_dir: Path, encoder: Encoder, names: list[str] | None = None) -> MergeReport:
     """Merge the named live segments (None: all of them) into one; returns what moved.
 
-    dtype: how the index stores vectors; code_size: bytes of its compact codes (0: none),
-    which are copied, not recomputed.
+    encoder: the index's, which says how its segments are laid out: vector dimension and
+    type (float32, or float16 for --preset large), local-feature cache and its codec, and
+    compact codes (copied, not recomputed).
     """
     index_dir = Path(index_dir)
+    p = encoder.params
+    dim, dtype, keep_features, feature_codec = encoder.dim, p.vector_dtype, p.keep_features, encoder.descriptor_codec
+    feature_dim = encoder.feature_dim if keep_features else None
+    code_size = encoder.coder.code_size if encoder.coder is not None else 0
     db = catalog.connect(index_dir)
     try:
         db.execute("BEGIN")  # one read snapshot of segments and rows
@@ -131,9 +136,8 @@ def _commit_merge(index_dir: Path, db, staged: segments.StagedSegment, chosen: l
         raise
 
 
-def auto_merge(index_dir: Path, dim: int, feature_dim: int | None, keep_features: int = 0, dtype: str = "float32",
-               code_size: int = 0, feature_codec=None) -> int:
-    """Merge by the log policy until no level is full; returns the merges done."""
+def auto_merge(index_dir: Path, encoder: Encoder) -> int:
+    """Merge by the log policy until no level is full; returns the merges done (encoder: see `merge`)."""
     merges = 0
     while True:
         db = catalog.connect(index_dir, readonly=True)
@@ -143,5 +147,5 @@ def auto_merge(index_dir: Path, dim: int, feature_dim: int | None, keep_features
             db.close()
         if not chosen:
             return merges
-        merge(index_dir, dim, feature_dim, chosen, keep_features, dtype, code_size, feature_codec)
+        merge(index_dir, encoder, chosen)
         merges += 1

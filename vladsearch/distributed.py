@@ -1,15 +1,17 @@
-"""Build and add on a Ray cluster: the local write path's own functions, mapped over images by Ray Data.
+"""Build and add on a Ray cluster: `RayExecutor`, an executor of the one write orchestrator.
 
-The driver lists the images and visits them in the local build's seeded order. The first
-`codebook_images` of that order are extracted on the cluster and come back in that order,
-so the reservoir sample, the codebook, the PCA and the faiss template are trained on the
-driver exactly as `writer.train_and_stream` trains them (the same `writer._train`). Every
-other image goes to `SegmentEncoder` actors (Ray Data `map_batches` with a callable
-class): each decodes and extracts with `extraction.extract_images` and encodes with the
-`Encoder` and `writer.SegmentStream` the local build uses, writing its own staged segment
-per batch into the index's staging area, and hands back only that segment's description
-and its image rows. The driver commits everything in one transaction (catalog.py), so a
-failed worker or Ctrl-C leaves the index at its last commit; what was staged is removed.
+`build_index` and `add_images` are `Index.build` and `Index.add` with a `RayExecutor`: the
+orchestration (orchestrator.py: prepare → train → stream → commit → merge) is the local
+one, so a Ray build trains, commits and merges exactly as a local build does. The executor
+only turns images into staged segments and rows. The training images (the first
+`codebook_images` of the seeded visiting order) are extracted by `FeatureExtractor` actors
+and come back in that order, so the driver trains on them as locally. Every other image
+goes to `SegmentEncoder` actors (Ray Data `map_batches` with a callable class): each
+decodes and extracts with `extraction.extract_images` and encodes with the `Encoder` and
+`writer.SegmentStream` the local build uses, writing its own staged segment per batch into
+the index's staging area, and hands back only that segment's description and its image
+rows. The driver commits everything in one transaction (catalog.py), so a failed worker or
+Ctrl-C leaves the index at its last commit; what was staged is removed.
 
 Workers read the images and write the staging area by path: the index directory and the
 photos must be at the same path on every node (shared storage). See docs/RAY.md.
@@ -23,23 +25,18 @@ import logging
 import math
 import os
 import re
-import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vladsearch import catalog, compaction, segments, writer
-from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample, PendingDescriptors
+from vladsearch import segments, writer
 from vladsearch.encoder import BuildParams, Encoder
-from vladsearch.extraction import ExtractedImage, WorkerEncoding, extract_images, keep_freed_memory, single_blas_thread
-from vladsearch.features import Features, extractor_class
-from vladsearch.images import IMAGE_EXTENSIONS, collect_inputs, expand_inputs
+from vladsearch.extraction import ExtractedImage, extract_images, keep_freed_memory, single_blas_thread
+from vladsearch.features import Features
 from vladsearch.progress import progress_bar
-from vladsearch.snapshot import TEMPLATE_BLOB
 
 RAY_INSTALL = 'pip install "vladsearch[ray]"'
 # CPUs each actor reserves, per CPU it runs on. Less than 1 leaves room for Ray Data's own
@@ -62,7 +59,6 @@ def import_ray():
     return ray
 
 
-# --- inputs ---------------------------------------------------------------------------------
 # --- the cluster -----------------------------------------------------------------------------
 @contextlib.contextmanager
 def cluster(address: str | None = None) -> Iterator[Any]:
@@ -133,15 +129,6 @@ def executor_report(index) -> dict[str, Any]:
 
 
 # --- worker side -----------------------------------------------------------------------------
-class _SharedStaging:
-    """The driver's staging directory, seen from a worker (the driver holds its lock)."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = Path(directory)
-
-    new_segment = segments.Staging.new_segment  # the local writer's own method: it only reads self.directory
-
-
 class FeatureExtractor:
     """Ray Data callable class: decode + extract a batch of paths, as the local pool does."""
 
@@ -201,11 +188,11 @@ class SegmentEncoder(FeatureExtractor):
     def __init__(self, params: dict[str, Any], feature_config: dict[str, Any], weights: str | None,
                  blobs: dict[str, bytes | None], staging: str) -> None:
         super().__init__(params, feature_config, weights, blobs)
-        self.staging = _SharedStaging(staging)
+        self.staging = segments.SharedStaging(staging)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = {str(path): str(name) for path, name in zip(batch["path"], batch["name"])}
-        out = writer.SegmentStream(self.staging, self.encoder, lambda path: names[str(path)], writer.Report())
+        out = writer.SegmentStream(self.staging, self.encoder, lambda path: names[str(path)])
         with single_blas_thread(self.extractor):
             for item in self.extract(batch["path"]):
                 out.arrive(item)
@@ -231,47 +218,67 @@ def _failed(exc: BaseException) -> RuntimeError:
     return RuntimeError(f"a Ray worker failed ({cause}); nothing was committed and the index keeps its last commit")
 
 
-def train_on_cluster(ray, training: list[Path], names: dict[str, str], encoder: Encoder,
-                     out: writer.SegmentStream, setup: Plan, progress: bool, timings: dict[str, float]) -> bytes | None:
-    """Extract the training images on the cluster, in order, and train exactly as the local build."""
-    p = encoder.params
-    encoder.codebook = Codebook(p.clusters, restarts=p.restarts, seed=p.seed)
-    sample = DescriptorSample(SAMPLE_POINTS_PER_CLUSTER * p.clusters, seed=p.seed)
-    items = [{"path": str(path), "name": names[str(path)]} for path in training]
-    dataset = _map(ray, items, FeatureExtractor, _worker_kwargs(encoder), setup, ordered=True)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="vladsearch-") as scratch, single_blas_thread(encoder.extractor()):
-        waiting = PendingDescriptors(scratch)
-        dim = encoder.feature_dim
-        rows = progress_bar((_extracted(row, dim) for row in dataset.iter_rows()), total=len(training),
-                            desc="extract (codebook images)", enabled=progress)
-        for item in rows:
-            out.arrive(item)
-            if item.features is not None:
-                sample.add(item.features.descriptors)
-                waiting.append(item)
-        timings["extract"] = time.perf_counter() - start
-        # The actors get the codebook with the next stage, so nothing for the local pool's WorkerEncoding.
-        return writer._train(encoder, sample.sample(), waiting, out, timings, WorkerEncoding())
+class RayExecutor:
+    """The orchestrator's executor on a Ray cluster (orchestrator.py states the contract).
 
+    address: see `cluster` (entered with the executor, left before the staging area is
+    removed, so a local instance's workers are gone by then); workers: actors (default: one
+    per cluster CPU, or ACTORS_PER_GPU per GPU for networks). `plan` describes the actors
+    once the first images are handed out.
+    """
 
-def encode_on_cluster(ray, paths: list[Path], names: dict[str, str], encoder: Encoder, staging_dir: Path,
-                      setup: Plan, progress: bool) -> tuple[list[segments.StagedSegment], list[dict[str, Any]]]:
-    """Extract + encode `paths` in SegmentEncoder actors; returns their staged segments and image rows."""
-    if not paths:
-        return [], []
-    items = [{"path": str(path), "name": names[str(path)]} for path in paths]
-    kwargs = {**_worker_kwargs(encoder, encoder.blobs()), "staging": str(staging_dir)}
-    dataset = _map(ray, items, SegmentEncoder, kwargs, setup, ordered=False)
-    staged, rows = [], []
-    results = progress_bar(_per_image(dataset.iter_rows()), total=len(paths), desc="extract+encode (cluster)",
-                           enabled=progress)
-    for batch_staged, row in results:
-        staged += batch_staged
-        rows.append(row)
-    position = {names[str(path)]: i for i, path in enumerate(paths)}
-    rows.sort(key=lambda row: position[row["path"]])  # ids follow the visiting order, as locally
-    return staged, rows
+    def __init__(self, address: str | None = None, workers: int | None = None) -> None:
+        self.address = address
+        self.workers = workers
+        self.plan: Plan | None = None
+        self.ray = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> RayExecutor:
+        self.ray = self._stack.enter_context(cluster(self.address))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()
+
+    def _setup(self, count: int, encoder: Encoder) -> Plan:
+        if self.plan is None:
+            self.plan = plan(self.ray, max(1, count), encoder.extractor().runs_in_main_process, self.workers)
+        return self.plan
+
+    def extract(self, paths: list[Path], encoder: Encoder, progress: bool,
+                then: list[Path] = ()) -> Iterable[ExtractedImage]:
+        """The training images' features, extracted by FeatureExtractor actors, in order."""
+        setup = self._setup(len(paths) + len(then), encoder)
+        dataset = _map(self.ray, [{"path": str(path)} for path in paths], FeatureExtractor,
+                       _worker_kwargs(encoder), setup, ordered=True)
+        return progress_bar(self._guarded(_extracted(row, encoder.feature_dim) for row in dataset.iter_rows()),
+                            total=len(paths), desc="extract (codebook images)", enabled=progress)
+
+    def _guarded(self, items: Iterable) -> Iterator:
+        try:
+            yield from items
+        except self.ray.exceptions.RayError as exc:
+            raise _failed(exc) from None
+
+    def encode(self, paths: list[Path], encoder: Encoder, out: writer.SegmentStream, progress: bool) -> None:
+        """Extract + encode `paths` in SegmentEncoder actors, each batch a staged segment in out's staging area."""
+        if not paths:
+            return
+        setup = self._setup(len(paths), encoder)
+        names = {str(path): out.name_of(path) for path in paths}
+        items = [{"path": str(path), "name": names[str(path)]} for path in paths]
+        kwargs = {**_worker_kwargs(encoder, encoder.blobs()), "staging": str(out.staging.directory)}
+        dataset = _map(self.ray, items, SegmentEncoder, kwargs, setup, ordered=False)
+        staged, rows = [], []
+        results = progress_bar(self._guarded(_per_image(dataset.iter_rows())), total=len(paths),
+                               desc="extract+encode (cluster)", enabled=progress)
+        for batch_staged, row in results:
+            staged += batch_staged
+            rows.append(row)
+        position = {names[str(path)]: i for i, path in enumerate(paths)}
+        rows.sort(key=lambda row: position[row["path"]])  # ids follow the visiting order, as locally
+        out.adopt(staged, rows)
 
 
 def _per_image(results) -> Iterator[tuple[list[segments.StagedSegment], dict[str, Any]]]:
@@ -284,114 +291,25 @@ def _per_image(results) -> Iterator[tuple[list[segments.StagedSegment], dict[str
             staged = []
 
 
-def _count(report: writer.Report, rows: list[dict[str, Any]]) -> None:
-    for row in rows:
-        if row["status"] == catalog.STATUS_SKIPPED:
-            report.skipped.append((row["path"], row["reason"]))
-            continue
-        report.indexed += 1
-        if row["status"] == catalog.STATUS_NO_KEYPOINTS:
-            report.no_keypoints.append(row["path"])
-
-
-def build_index(images: str | os.PathLike, *, index: str | os.PathLike, force: bool = False, features: str = "sift",
-                clusters: int = 64, weights: str | None = None, workers: int | None = None, progress: bool = True,
-                address: str | None = None, **params: Any):
+def build_index(images: str | os.PathLike, *, index: str | os.PathLike, address: str | None = None,
+                workers: int | None = None, **kwargs: Any):
     """`Index.build` on a Ray cluster: the same vectors as the local build with the same seed.
 
-    images: a folder or a text file listing image paths; address: see `cluster`;
-    workers: actors (default: one per cluster CPU, or ACTORS_PER_GPU per GPU for networks).
-    Returns the Index, with `.cluster` describing the Plan.
+    images: a folder or a text file listing image paths; address, workers: see `RayExecutor`;
+    kwargs: `Index.build`'s. Returns the Index, with `.cluster` describing the Plan.
     """
-    from vladsearch.index import Index, _relative
+    from vladsearch.index import Index
 
-    extractor_class(features)  # unknown names fail before any work
-    index_dir = Path(os.path.abspath(index))
-    writer.prepare_directory(index_dir, force)
-    root, paths = collect_inputs(images)
-    if not paths:
-        raise ValueError(f"no images found in {images} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    encoder = Encoder(BuildParams(features=features, clusters=clusters, **params), weights=weights)
-    extractor = encoder.extractor()
-    names = {str(p): _relative(p, root) for p in paths}
-    order = np.random.default_rng(encoder.params.seed).permutation(len(paths))
-    visiting = [paths[i] for i in order]
-    train_count = min(len(paths), encoder.params.codebook_images)
-    report = writer.Report()
-    timings = {"codebook": 0.0}
-    start = time.perf_counter()
-    try:
-        with segments.Staging(index_dir) as staging, cluster(address) as ray:  # Ray stops first
-            timings["start"] = time.perf_counter() - start
-            setup = plan(ray, len(paths), extractor.runs_in_main_process, workers)
-            out = writer.SegmentStream(staging, encoder, lambda p: names[str(p)], report)
-            try:
-                template = train_on_cluster(ray, visiting[:train_count], names, encoder, out, setup, progress,
-                                            timings)
-                out.finish()
-                t0 = time.perf_counter()
-                staged, rows = encode_on_cluster(ray, visiting[train_count:], names, encoder, staging.directory,
-                                                 setup, progress)
-                timings["encode"] = time.perf_counter() - t0
-            except ray.exceptions.RayError as exc:
-                raise _failed(exc) from None
-            _count(report, rows)
-            t0 = time.perf_counter()
-            if encoder.params.codes:  # compact codes: trained on every staged vector, as locally
-                from vladsearch.quantizer import train_codes
-
-                encoder.coder = train_codes(encoder, out.staged + staged)
-            meta = {**writer.build_meta(encoder, index_dir, root), "timings": timings, "next_id": 0}
-            writer.commit(index_dir, out.staged + staged, out.rows + rows, report, "build",
-                          replace={"meta": meta, "blobs": {**encoder.blobs(), TEMPLATE_BLOB: template}})
-        compaction.auto_merge(index_dir, encoder.dim, encoder.feature_dim if encoder.params.keep_features else None,
-                              encoder.params.keep_features)
-        timings["index"] = time.perf_counter() - t0
-    except OSError as exc:
-        raise writer.disk_error(index_dir, exc) from None
-    built = Index(index_dir, encoder, meta, root)
-    built.report, built.timings, built.cluster = report, timings, setup
+    executor = RayExecutor(address, workers)
+    built = Index.build(images, index=index, executor=executor, **kwargs)
+    built.cluster = executor.plan
     return built
 
 
 def add_images(index, paths: list[str | os.PathLike], *, address: str | None = None, workers: int | None = None,
                progress: bool = True, merge: bool = True) -> writer.Report:
     """`Index.add` on a Ray cluster: new or changed files encoded by actors, committed by the driver."""
-    from vladsearch.index import _relative
-
-    writer.check_writable(index.path)
-    index._writable()  # a format 1 index migrates first, as with a local add
-    index_dir = Path(os.path.abspath(index.path))
-    files = {_relative(f, index.root): f for given in paths for f in expand_inputs(given)}
-    report = writer.Report()
-    db = catalog.connect(index_dir, readonly=True)
-    try:
-        todo = []
-        for name, path in files.items():
-            if path.exists() and writer._unchanged(catalog.find_image(db, name), path):
-                report.unchanged += 1
-            else:  # a listed file that is missing goes too: its worker reports it by name
-                todo.append(Path(os.path.abspath(path)))
-    finally:
-        db.close()
-    names = {str(Path(os.path.abspath(path))): name for name, path in files.items()}
-    try:
-        with segments.Staging(index_dir) as staging, cluster(address) as ray:  # Ray stops first
-            index.cluster = plan(ray, max(1, len(todo)), index.encoder.extractor().runs_in_main_process, workers)
-            try:
-                staged, rows = encode_on_cluster(ray, todo, names, index.encoder, staging.directory, index.cluster,
-                                                 progress)
-            except ray.exceptions.RayError as exc:
-                raise _failed(exc) from None
-            _count(report, rows)
-            if rows:
-                root = index.root
-                writer.commit(index_dir, staged, rows, report, "add", index.meta["build_id"],
-                              meta=catalog.root_meta(index_dir, root) if root.is_dir() else None)
-    except OSError as exc:
-        raise writer.disk_error(index_dir, exc) from None
-    if merge and report.segments:
-        compaction.auto_merge(index_dir, index.encoder.dim, index._feature_dim(), index.params.keep_features)
-    index.refresh()
-    index.report = report
+    executor = RayExecutor(address, workers)
+    report = index.add(paths, progress=progress, merge=merge, executor=executor)
+    index.cluster = executor.plan
     return report

@@ -1,7 +1,9 @@
 """`Index`: a live image index on disk — its fitted state, where it lives, and its verbs.
 
-The verbs delegate to one home each: the write path (build, add, remove) is
-`vladsearch.writer`, merging is `vladsearch.compaction`, the read path (query →
+The verbs delegate to one home each: build and add are orchestrated by
+`vladsearch.orchestrator` (on this machine's process pool, or any other executor such as
+`vladsearch.distributed`'s Ray), remove and copy commit through `vladsearch.writer`,
+merging is `vladsearch.compaction`, the read path (query →
 candidates → rerank → expansion) is `vladsearch.search`, what a reader sees is
 `vladsearch.snapshot`, and the on-disk protocol is `vladsearch.catalog`. Every write
 commits at once; `save` only copies an index elsewhere.
@@ -21,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from vladsearch import catalog, compaction, legacy, search, segments, writer
+from vladsearch import catalog, compaction, legacy, orchestrator, search, writer
 from vladsearch.encoder import BuildParams, Encoder
 from vladsearch.features import extractor_class
 from vladsearch.images import IMAGE_EXTENSIONS, scan_input, scan_inputs
 from vladsearch.moves import find_moves
 from vladsearch.results import SearchResult
-from vladsearch.snapshot import TEMPLATE_BLOB, Snapshot
+from vladsearch.snapshot import Snapshot
 from vladsearch.writer import Report
 
 __all__ = ["RERANK_KEYPOINTS", "BuildParams", "Index", "Report"]
@@ -54,11 +56,12 @@ class Index:
     @classmethod
     def build(cls, images: str | os.PathLike, *, index: str | os.PathLike | None = None, force: bool = False,
               features: str = "sift", clusters: int = 64, weights: str | None = None, workers: int | None = None,
-              progress: bool = True, **params: Any) -> Index:
+              progress: bool = True, executor: orchestrator.Executor | None = None, **params: Any) -> Index:
         """Index every image under the folder `images` into the directory `index`, committed.
 
         index: where the index lives (None: a temporary directory — call `save`); an
-        existing index there is replaced only with force=True.
+        existing index there is replaced only with force=True. executor: what extracts and
+        encodes (None: this machine's process pool with `workers` processes).
         """
         extractor_class(features)  # unknown names and bad parameters fail before any work
         build_params = BuildParams(features=features, clusters=clusters, **params)
@@ -75,12 +78,8 @@ class Index:
         try:
             encoder = Encoder(build_params, weights=weights)
             encoder.extractor()
-            with segments.Staging(index_dir) as staging:
-                out = writer.SegmentStream(staging, encoder, lambda p: names[str(p)], report)
-                template, timings = writer.train_and_stream(paths, encoder, out, workers, progress)
-                meta = {**writer.build_meta(encoder, index_dir, root), "timings": timings, "next_id": 0}
-                writer.commit(index_dir, out.staged, out.rows, report, "build",
-                              replace={"meta": meta, "blobs": {**encoder.blobs(), TEMPLATE_BLOB: template}})
+            meta, timings = orchestrator.build(index_dir, root, paths, names, encoder,
+                                               executor or orchestrator.LocalExecutor(workers), report, progress)
         except BaseException as exc:
             if created:  # a failed first build leaves no half index behind
                 shutil.rmtree(index_dir, ignore_errors=True)
@@ -183,21 +182,21 @@ class Index:
             self._snapshot = None
 
     def add(self, paths: list[str | os.PathLike], workers: int | None = None, progress: bool = True,
-            merge: bool = True) -> Report:
-        """Encode new or changed images with the existing codebook and commit them as one segment."""
+            merge: bool = True, executor: orchestrator.Executor | None = None) -> Report:
+        """Encode new or changed images with the existing codebook, commit them, merge by the log policy.
+
+        executor: what extracts and encodes (None: this machine's pool with `workers` processes).
+        """
         writer.check_writable(self.path)
         self._writable()
         scans = [scan_input(given) for given in paths]
         files = {_relative(f, self.root): f for scan in scans for f in scan.images}
         renamed = self._rename_moved(files)  # moved files keep their entry: no extraction
         files = {name: f for name, f in files.items() if name not in renamed}
-        self.report = writer.add_files(self.path, self.encoder, self.meta["build_id"], files, workers, progress,
-                                       self.root)
+        self.report = orchestrator.add(self.path, self.encoder, self.meta["build_id"], files,
+                                       executor or orchestrator.LocalExecutor(workers), progress, self.root, merge)
         self.report.renamed = len(renamed)
         self.report.not_images = [(_relative(f, self.root), why) for scan in scans for f, why in scan.not_images]
-        if merge and self.report.segments:
-            compaction.auto_merge(self.path, self.encoder.dim, self._feature_dim(), self.params.keep_features,
-                                  self.params.vector_dtype, self._code_size(), self.encoder.descriptor_codec)
         self.refresh()
         return self.report
 
@@ -273,16 +272,9 @@ class Index:
         """Merge every segment into one, dropping deleted vectors (`vladsearch compact`)."""
         writer.check_writable(self.path)
         self._writable()
-        report = compaction.merge(self.path, self.encoder.dim, self._feature_dim(), None, self.params.keep_features,
-                                  self.params.vector_dtype, self._code_size(), self.encoder.descriptor_codec)
+        report = compaction.merge(self.path, self.encoder)
         self.refresh()
         return report
-
-    def _code_size(self) -> int:
-        return self.encoder.coder.code_size if self.encoder.coder is not None else 0
-
-    def _feature_dim(self) -> int | None:
-        return self.encoder.feature_dim if self.params.keep_features else None
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Copy the committed index to `path` (nothing to do when it already lives there)."""
@@ -341,7 +333,7 @@ def _has_dbstat(db) -> bool:
         return False
 
 
-def _relative(path: Path, root: Path) -> str:
+def indexed_name(path: Path, root: Path) -> str:
     """The table's name for a file: relative to the root (through symlinks too), else absolute."""
     absolute = Path(os.path.abspath(path))
     for candidate, base in ((absolute, root), (Path(os.path.realpath(path)), Path(os.path.realpath(root)))):
@@ -350,3 +342,6 @@ def _relative(path: Path, root: Path) -> str:
         except ValueError:
             continue
     return absolute.as_posix()
+
+
+_relative = indexed_name  # the short name this module uses

@@ -145,6 +145,7 @@ class Staging:
 
     def new_segment(self, dim: int | None, feature_dim: int | None = None, max_keypoints: int | None = None,
                     dtype: str = "float32", coder=None, feature_codec=None) -> SegmentWriter:
+        """A writer for one more segment in this staging area (dim None: set by the first vectors)."""
         return SegmentWriter(self.directory / f"seg-{uuid.uuid4().hex[:16]}", dim, feature_dim, max_keypoints,
                              dtype, coder, feature_codec)
 
@@ -160,6 +161,17 @@ class Staging:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class SharedStaging:
+    """Another process's view of a writer's staging area (a cluster worker writing segments
+    that the driver commits): new segments only; the owning `Staging` holds the lock and
+    removes what is not committed."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    new_segment = Staging.new_segment  # reads only self.directory
 
 
 def publish(index_dir: Path, staged: list[StagedSegment]) -> list[Path]:

@@ -1,13 +1,10 @@
-"""The write path: build, add and remove, each ending in one commit (protocol: catalog.py).
+"""The write path's pieces: staged segments and image rows, the commit, remove and copy.
 
-A build makes one pass over the images. They are visited in a seeded random order; the
-first `codebook_images` of that order form the training set: their descriptors feed a
-bounded reservoir sample for k-means and wait, compactly on disk (float16), for the
-codebook. Once it is trained, the waiting images are encoded and every later image is
-encoded as soon as it is extracted. Vectors (and cached local features) stream into
-staged segments of at most SEGMENT_VECTORS rows, so memory is bounded by the sample, not
-by the collection. `add` encodes with the existing codebook; both commit their segments in
-one transaction, waiting for other writers only there.
+`SegmentStream` turns extracted images into staged segments of at most SEGMENT_VECTORS rows
+and their image rows (ids come at commit), so memory is bounded by a batch, not by the
+collection; `commit` publishes segments and rows in one transaction (protocol: catalog.py),
+waiting for other writers only there. Build and add are orchestrated once, in
+orchestrator.py, for every executor; `remove_names` and `copy_index` commit here directly.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,13 +22,8 @@ import numpy as np
 
 from vladsearch import __version__, catalog, legacy, segments
 from vladsearch.catalog import check_writable, disk_error, existing_build
-from vladsearch.codebook import SAMPLE_POINTS_PER_CLUSTER, Codebook, DescriptorSample, PendingDescriptors
 from vladsearch.encoder import Encoder
-from vladsearch.extraction import ExtractedImage, WorkerEncoding, extract_images, single_blas_thread
-from vladsearch.index_backend import FaissBackend
-from vladsearch.progress import progress_bar
-from vladsearch.quantizer import train_codes
-from vladsearch.vlad import RawVLAD
+from vladsearch.extraction import ExtractedImage
 
 # Images whose vectors are normalised and written together.
 ADD_BATCH = 256
@@ -51,17 +42,31 @@ class Report:
     no_keypoints: list[str] = field(default_factory=list)
     replaced: int = 0
     segments: int = 0
+
+    def count(self, rows: list[dict[str, Any]]) -> None:
+        """Count a stream's image rows: indexed, skipped (with the reason), without keypoints."""
+        for row in rows:
+            if row["status"] == catalog.STATUS_SKIPPED:
+                self.skipped.append((row["path"], row["reason"]))
+                continue
+            self.indexed += 1
+            if row["status"] == catalog.STATUS_NO_KEYPOINTS:
+                self.no_keypoints.append(row["path"])
     renamed: int = 0   # moved files recognised by content hash (no extraction)
 
 
 class SegmentStream:
-    """Turns extracted images into staged segments and image rows (ids come at commit)."""
+    """Turns extracted images into staged segments and image rows (ids come at commit).
 
-    def __init__(self, staging: segments.Staging, encoder: Encoder, name_of, report: Report) -> None:
+    staging: a `segments.Staging` (or a cluster worker's `segments.SharedStaging`);
+    name_of: a file's path -> its indexed name. `staged` and `rows` are what a commit takes;
+    `adopt` adds what another process staged for the same commit.
+    """
+
+    def __init__(self, staging: segments.Staging | segments.SharedStaging, encoder: Encoder, name_of) -> None:
         self.staging = staging
         self.encoder = encoder
         self.name_of = name_of
-        self.report = report
         self.rows: list[dict[str, Any]] = []
         self.staged: list[segments.StagedSegment] = []
         self.pending: list[tuple[ExtractedImage, np.ndarray]] = []
@@ -80,13 +85,12 @@ class SegmentStream:
     def arrive(self, item: ExtractedImage) -> None:
         """Record a failed file, or cache an image's local features in the segment it will land in."""
         if item.features is None:
-            self.report.skipped.append((self.name_of(item.path), item.error or "unknown error"))
             self.rows.append({"path": self.name_of(item.path), "status": catalog.STATUS_SKIPPED,
                               "reason": item.error or "unknown error"})
         elif self.encoder.params.keep_features and (self.encoder.descriptor_codec is not None
                                                     or not self.encoder.params.feature_codes):
             item.feature_rows = self.segment().append_features(item.features)
-        # else: a compact cache before its codes are trained: cached once they are (writer._train)
+        # else: a compact cache before its codes are trained: cached once they are (orchestrator.train)
 
     def queue(self, item: ExtractedImage, raw: np.ndarray | None = None) -> None:
         """Reduce an image to its raw VLAD at once (its descriptors are freed); write in batches."""
@@ -119,9 +123,6 @@ class SegmentStream:
     def _record(self, item: ExtractedImage, segment: str, row: int) -> None:
         name = self.name_of(item.path)
         status = catalog.STATUS_INDEXED if len(item.features) else catalog.STATUS_NO_KEYPOINTS
-        if status == catalog.STATUS_NO_KEYPOINTS:
-            self.report.no_keypoints.append(name)
-        self.report.indexed += 1
         width, height = item.features.image_size
         offset, count = item.feature_rows or (None, None)
         self.rows.append({"path": name, "status": status,
@@ -129,6 +130,11 @@ class SegmentStream:
                           "file_size": item.file_size, "mtime": item.mtime, "sha1": item.sha1, "width": width,
                           "height": height, "keypoints": len(item.features), "segment": segment, "row": row,
                           "feat_offset": offset, "feat_count": count})
+
+    def adopt(self, staged: list[segments.StagedSegment], rows: list[dict[str, Any]]) -> None:
+        """Add segments that another process staged in this writer's staging area, and their rows."""
+        self.staged += staged
+        self.rows += rows
 
     def finish(self) -> list[segments.StagedSegment]:
         self.flush()
@@ -142,77 +148,6 @@ class SegmentStream:
 
 
 # --- build ------------------------------------------------------------------------------
-def train_and_stream(paths: list[Path], encoder: Encoder, stream_out: SegmentStream, workers: int | None,
-                     progress: bool) -> tuple[bytes | None, dict[str, float]]:
-    """The build's single pass (module docstring); returns the trained faiss template and timings."""
-    p = encoder.params
-    encoder.codebook = Codebook(p.clusters, restarts=p.restarts, seed=p.seed)
-    order = np.random.default_rng(p.seed).permutation(len(paths))
-    train_count = min(len(paths), p.codebook_images)
-    sample = DescriptorSample(SAMPLE_POINTS_PER_CLUSTER * p.clusters, seed=p.seed)
-    timings = {"codebook": 0.0, "index": 0.0}
-    template: bytes | None = None
-    start = time.perf_counter()
-    extractor = encoder.extractor()
-    # Once the codebook exists, workers also reduce each image to its raw VLAD.
-    worker_encoding = WorkerEncoding(keep_descriptors=bool(p.keep_features))
-    with tempfile.TemporaryDirectory(prefix="vladsearch-") as scratch, single_blas_thread(extractor):
-        waiting = PendingDescriptors(scratch)
-        stream = extract_images([paths[i] for i in order], extractor, p.max_side, workers, max_pixels=p.max_pixels,
-                                encode=worker_encoding)
-        for position, item in enumerate(progress_bar(stream, total=len(paths), desc="extract+encode",
-                                                     enabled=progress)):
-            stream_out.arrive(item)
-            if position >= train_count:
-                if item.features is not None:
-                    stream_out.queue(item, item.raw_vlad)
-                continue
-            if item.features is not None:
-                sample.add(item.features.descriptors)
-                waiting.append(item)
-            if position == train_count - 1:
-                template = _train(encoder, sample.sample(), waiting, stream_out, timings, worker_encoding)
-        stream_out.finish()
-    if p.codes:
-        t0 = time.perf_counter()
-        encoder.coder = train_codes(encoder, stream_out.staged)
-        timings["index"] += time.perf_counter() - t0
-    timings["extract"] = time.perf_counter() - start - sum(timings.values()) - sum(stream_out.seconds.values())
-    timings["encode"] = stream_out.seconds["encode"]
-    timings["index"] += stream_out.seconds["write"]
-    return template, {k: timings[k] for k in ("extract", "codebook", "encode", "index")}
-
-
-def _train(encoder: Encoder, sample: np.ndarray, waiting: PendingDescriptors, stream_out: SegmentStream,
-           timings: dict[str, float], worker_encoding: WorkerEncoding) -> bytes | None:
-    t0 = time.perf_counter()
-    if not waiting.entries:
-        reasons = "; ".join(f"{path}: {why}" for path, why in stream_out.report.skipped[:5])
-        raise ValueError(f"none of the {len(stream_out.report.skipped)} training images could be read ({reasons})")
-    if len(sample) == 0:
-        raise ValueError("the training images have no keypoints at all; check the images or --features")
-    encoder.codebook.fit(sample)
-    worker_encoding.set(RawVLAD(encoder.codebook))
-    p = encoder.params
-    if p.keep_features and p.feature_codes:
-        from vladsearch.quantizer import DescriptorCodes
-
-        encoder.descriptor_codec = DescriptorCodes.parse(p.feature_codes, encoder.feature_dim, p.seed).fit(sample)
-    items = [entry[0] for entry in waiting.entries]
-    raw = np.zeros((len(items), encoder.codebook.centroids_.size), np.float32)
-    for row, item in enumerate(waiting):  # one image's descriptors in RAM at a time
-        raw[row] = encoder.raw_vlads([item.features.descriptors])[0]
-        if p.keep_features and item.feature_rows is None:
-            item.feature_rows = stream_out.segment().append_features(item.features)
-    encoder.fit_pca(raw)
-    backend = FaissBackend.create(encoder.dim, encoder.params.factory)
-    backend.train(encoder.finish(raw))
-    timings["codebook"] += time.perf_counter() - t0
-    for item, vector in zip(items, raw):
-        stream_out.queue(item, vector)
-    return backend.to_bytes()
-
-
 def build_meta(encoder: Encoder, index_dir: Path, root: Path) -> dict[str, Any]:
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return {"format": catalog.FORMAT_NAME, "format_version": catalog.FORMAT_VERSION, "created_by": __version__,
@@ -304,7 +239,7 @@ def _insert_rows(db: sqlite3.Connection, rows: list[dict[str, Any]], report: Rep
 
 
 # --- add and remove ---------------------------------------------------------------------
-def _unchanged(row: dict[str, Any] | None, path: Path) -> bool:
+def unchanged(row: dict[str, Any] | None, path: Path) -> bool:
     """Whether an indexed row still describes the file (size and mtime, else content hash)."""
     if row is None or row["status"] == catalog.STATUS_SKIPPED:
         return False
@@ -318,48 +253,6 @@ def _unchanged(row: dict[str, Any] | None, path: Path) -> bool:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest() == row["sha1"]
-
-
-def add_files(index_dir: Path, encoder: Encoder, build_id: str, files: dict[str, Path], workers: int | None,
-              progress: bool, root: Path | None = None) -> Report:
-    """Encode new or changed files with the index's codebook into one segment and commit it.
-
-    files: indexed name -> file; root: the photos' folder, recorded with the commit.
-    Extraction runs without any lock; only the commit waits
-    for other writers (and then skips files that one of them committed meanwhile).
-    """
-    check_writable(index_dir)
-    report = Report()
-    db = catalog.connect(index_dir, readonly=True)
-    try:
-        todo = {}
-        for name, path in files.items():
-            if _unchanged(catalog.find_image(db, name), path):
-                report.unchanged += 1
-            else:
-                todo[str(path)] = name
-    finally:
-        db.close()
-    extractor = encoder.extractor()
-    try:
-        with segments.Staging(index_dir) as staging:
-            out = SegmentStream(staging, encoder, lambda p: todo[str(p)], report)
-            stream = extract_images(list(todo), extractor, encoder.params.max_side, workers,
-                                    max_pixels=encoder.params.max_pixels,
-                                    encode=WorkerEncoding(RawVLAD(encoder.codebook),
-                                                          keep_descriptors=bool(encoder.params.keep_features)))
-            with single_blas_thread(extractor):
-                for item in progress_bar(stream, total=len(todo), desc="add", enabled=progress):
-                    out.arrive(item)
-                    if item.features is not None:
-                        out.queue(item, item.raw_vlad)
-            staged = out.finish()
-            if out.rows:
-                commit(index_dir, staged, out.rows, report, "add", build_id,
-                       meta=catalog.root_meta(index_dir, root) if root is not None and root.is_dir() else None)
-    except OSError as exc:
-        raise disk_error(index_dir, exc) from None
-    return report
 
 
 def remove_names(index_dir: Path, names: list[str]) -> list[str]:
