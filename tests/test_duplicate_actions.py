@@ -103,7 +103,8 @@ def test_move_then_undo_gives_back_every_file_byte_identical(own):
     assert recorded["state"] == "moved" and recorded["index"] == str(own / "photos.vlad")
     for entry in recorded["entries"]:
         assert entry["sha1"] == hashlib.sha1((own / "dups" / entry["image"]).read_bytes()).hexdigest()
-        assert entry["new"] == str(own / "dups" / entry["image"]) and entry["old"] == str(own / "photos" / entry["image"])
+        assert entry["new"] == str(own / "dups" / entry["image"])
+        assert entry["old"] == str(own / "photos" / entry["image"])
     # the index followed the files (no extraction): the moved copies are found under their new paths
     assert _indexed(own) == (indexed_before - EXTRAS) | {str(own / "dups" / n) for n in EXTRAS}  # outside the root
     found = json.loads(cli("search", str(own / "photos.vlad"), str(own / "photos/2019/coffee.jpg"), "--json",

@@ -93,8 +93,9 @@ def report_to_table(report: DuplicateReport) -> str:
         for i in group.ids:
             row = report.rows[i]
             mark = "keep  " if i == group.keep else "remove"
-            same = (", identical to " + ("the keep" if identical[i] == group.keep else report.rows[identical[i]]["path"])
-                    if i in identical else "")
+            twin = identical.get(i)
+            same = "" if twin is None else ", identical to " + ("the keep" if twin == group.keep
+                                                                   else report.rows[twin]["path"])
             lines.append(f"  {mark} {row['path']}  ({row['width']}×{row['height']}, {_size(row['file_size'])}{same})")
     removable = sum(len(g.ids) - 1 for g in report.groups)
     lines.append(f"{len(report.groups)} groups; {removable} images could be removed "
@@ -162,7 +163,8 @@ def render_html(report: DuplicateReport, root: Path, title: str = "Duplicate ima
     if command:
         parts.append("<p class='command'>To move every <b>remove?</b> image aside (nothing is deleted; a manifest "
                      "records each move and <code>vladsearch undo MANIFEST</code> puts them back), first check "
-                     f"with <code>--dry-run</code>, then run:<br><code id='move-command'>{html.escape(command)}</code></p>")
+                     "with <code>--dry-run</code>, then run:<br>"
+                     f"<code id='move-command'>{html.escape(command)}</code></p>")
     for number, group in enumerate(report.groups, 1):
         links = {}
         for pair in group.pairs:
@@ -286,9 +288,8 @@ def _suggested_move_to(root: Path) -> str:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from vladsearch.index import Index
-
     from vladsearch import duplicate_actions
+    from vladsearch.index import Index
 
     if (args.dry_run or args.manifest) and not args.move_to:
         raise ValueError("--dry-run and --manifest go with --move-to DIR (the folder that receives the extras)")
