@@ -351,3 +351,26 @@ def test_the_page_finds_moves_and_undoes(own):
     finally:
         browser.quit()
     assert _hashes(own / "photos") == before and _indexed(own) == indexed_before
+
+
+def test_a_verdict_knows_the_quarter_turns_and_the_mirror():
+    pytest.importorskip("skimage")
+    import numpy as np
+
+    from vladsearch.keep_choice import pair_turn
+    from vladsearch.pair_verification import verify_pair
+
+    sift = cv2.SIFT_create(1024)
+
+    def features(image):
+        keypoints, descriptors = sift.detectAndCompute(image, None)
+        return np.array([k.pt for k in keypoints], np.float32), descriptors.astype(np.float32)
+
+    image = cv2.cvtColor(photo("coffee"), cv2.COLOR_BGR2GRAY)
+    original = features(image)
+    for edited, turn in ((cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE), (1, 0)),
+                         (cv2.rotate(image, cv2.ROTATE_180), (2, 0)),
+                         (cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE), (3, 0)),
+                         (cv2.flip(image, 1), (0, 1)), (image[20:380, 30:570], (0, 0))):
+        verdict = PairVerdict(0, 1, *verify_pair(original, features(edited), mirror=True, rotation=True))
+        assert verdict.inliers >= 15 and pair_turn(verdict) == turn, (turn, verdict)
