@@ -374,3 +374,21 @@ def test_a_verdict_knows_the_quarter_turns_and_the_mirror():
                          (cv2.flip(image, 1), (0, 1)), (image[20:380, 30:570], (0, 0))):
         verdict = PairVerdict(0, 1, *verify_pair(original, features(edited), mirror=True, rotation=True))
         assert verdict.inliers >= 15 and pair_turn(verdict) == turn, (turn, verdict)
+
+
+def test_one_process_at_a_time_acts_on_a_manifest(tmp_path):
+    import fcntl
+
+    manifest = tmp_path / "dups" / "moves.json"
+    with file_moves.manifest_lock(manifest):
+        child = subprocess.run([sys.executable, "-c", "import sys, vladsearch.file_moves as m\n"
+                                "try:\n    m.manifest_lock(sys.argv[1]).__enter__()\n"
+                                "except ValueError as e:\n    print(e); sys.exit(3)", str(manifest)],
+                               env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True)
+        assert child.returncode == 3 and "another vladsearch process" in child.stdout
+    fd = os.open(manifest.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released at the end
+    finally:
+        os.close(fd)
+    assert list(manifest.parent.iterdir()) == []  # no lock file left behind

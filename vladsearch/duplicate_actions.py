@@ -37,6 +37,7 @@ from vladsearch.file_moves import (
     count_states,
     default_manifest_path,
     file_sha1,
+    manifest_lock,
     read_manifest,
     settle,
     where_is,
@@ -142,6 +143,11 @@ def apply(manifest: dict[str, Any], manifest_path: Path, index: Index, direction
     """
     if direction not in ("forward", "back"):
         raise ValueError(f"direction must be 'forward' or 'back', not {direction!r}")
+    with manifest_lock(manifest_path):
+        return _apply(manifest, manifest_path, index, direction, fresh)
+
+
+def _apply(manifest: dict[str, Any], manifest_path: Path, index: Index, direction: str, fresh: bool) -> dict[str, Any]:
     manifest["state"] = "moving" if direction == "forward" else "undoing"
     write_manifest(manifest_path, manifest)  # durable before anything moves
     active = [e for e in manifest["entries"] if e["state"] not in LEFT_ALONE]

@@ -22,6 +22,7 @@ target that already holds another file is left alone too (state `conflict`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import hashlib
@@ -29,7 +30,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,26 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} was written by a newer vladsearch (manifest version {manifest['version']}); "
                          "upgrade vladsearch to use it")
     return manifest
+
+
+@contextlib.contextmanager
+def manifest_lock(path: Path) -> Iterator[None]:
+    """Lock the manifest's folder (an advisory flock, no file left behind): one vladsearch process at a
+    time acts on the manifests there; another gets ValueError at once."""
+    import fcntl
+
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another vladsearch process is moving files with a manifest in {folder} right now: "
+                             "wait for it to finish, then run the command again") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def default_manifest_path(folder: Path, action: str = "moves") -> Path:
