@@ -49,7 +49,7 @@ def photos(tmp_path_factory) -> Path:
 
 
 def vectors_by_path(index: Index) -> dict[str, np.ndarray]:
-    rows = [r for r in catalog.image_rows(index.snapshot.table) if r["segment"] is not None]
+    rows = [r for r in catalog.image_rows(index.snapshot.db) if r["segment"] is not None]
     return dict(zip([r["path"] for r in rows], index.vectors_of([r["id"] for r in rows])))
 
 

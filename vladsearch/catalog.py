@@ -3,7 +3,8 @@
     my.vlad/
       catalog.sqlite       meta (format, parameters, root), blobs (codebook, projection,
                            trained faiss template), images, segments, deletions, commits
-      segments/<name>/     immutable segments: vectors.npy (+ local features); see segments.py
+      segments/<name>/     immutable segments: vectors.f32 (.f16 for --preset large), compact
+                           codes, local features; see segments.py
       staging/<writer>/    a writer's segments before they are committed (+ <writer>.lock)
       readers.lock         shared by readers while they take a snapshot
 
@@ -13,9 +14,12 @@ The commit protocol (Lucene's commit point, on SQLite's atomic commit):
    staging/<writer>/ (fsynced), holding an exclusive flock on staging/<writer>.lock so
    that others can tell a live writer from a dead one.
 2. It commits with `BEGIN IMMEDIATE` (SQLite's write lock: writers queue here, readers
-   go on): moves its segments into segments/, inserts their segment and image rows and
-   records deletions, then COMMIT. The transaction is the commit: a writer killed before
-   COMMIT leaves only files that no committed row names; the next writer removes them.
+   go on): removes what dead writers and earlier merges left, moves its segments into
+   segments/, inserts their segment and image rows, records deletions, dropped segments
+   and meta, then COMMIT. The transaction is the commit: a writer killed before COMMIT
+   leaves only files that no committed row names; the next writer removes them. Every
+   writer (build, add, remove, merge, on any executor) commits through the one API that
+   does this, `transaction.transaction`; the rows are written by this module's functions.
 3. Readers take a snapshot: under a shared flock on readers.lock they copy the catalog
    (one read transaction: WAL readers never see half a commit) and open every segment
    file the snapshot names. Files of segments that a merge dropped are deleted only by
@@ -52,7 +56,7 @@ IMAGE_COLUMNS = ("id", "path", "status", "reason", "file_size", "mtime", "sha1",
                  "keypoints", "segment", "row", "feat_offset", "feat_count")
 SEGMENT_COLUMNS = ("name", "vectors", "features", "bytes", "sha256", "state", "created")
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blobs (name TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS segments (
@@ -115,7 +119,7 @@ def connect(index_dir: str | os.PathLike, *, create: bool = False, readonly: boo
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
         if create:
-            db.executescript(_SCHEMA)
+            db.executescript(SCHEMA)
         db.execute("SELECT COUNT(*) FROM meta").fetchone()
     except sqlite3.DatabaseError as exc:
         if "locked" in str(exc) or "readonly" in str(exc):
@@ -308,6 +312,26 @@ def rename_images(db: sqlite3.Connection, moves: dict[str, str]) -> int:
         write_meta(db, {"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         record_commit(db, "rename", 0, 0, 0)
     return len(moves)
+
+
+# --- segment rows -----------------------------------------------------------------------
+def insert_segments(db: sqlite3.Connection, staged: list) -> None:
+    """Rows for segments just published (live): the one place a segment enters the catalog.
+
+    staged: `segments.StagedSegment`s (name, vectors, features, bytes, sha256).
+    """
+    now = time.time()
+    db.executemany("INSERT INTO segments (name, vectors, features, bytes, sha256, state, created) "
+                   "VALUES (?, ?, ?, ?, ?, 'live', ?)",
+                   [(s.name, s.vectors, int(s.features), s.bytes, s.sha256, now) for s in staged])
+
+
+def drop_segments(db: sqlite3.Connection, names: list[str] | None = None) -> None:
+    """Mark segments dropped (None: every live one); their files go once no reader needs them."""
+    if names is None:
+        db.execute("UPDATE segments SET state = 'dropped' WHERE state = 'live'")
+    else:
+        db.executemany("UPDATE segments SET state = 'dropped' WHERE name = ?", [(name,) for name in names])
 
 
 def live_segments(db: sqlite3.Connection) -> list[dict[str, Any]]:

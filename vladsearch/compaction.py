@@ -6,7 +6,7 @@ one transaction: the images point to their new rows, the old segments are marked
 dropped, and their files go once no reader is taking a snapshot. Rows deleted while the
 merge ran stay dead: readers load only rows that the image table names.
 
-After each add the writer merges by a log policy (Lucene's LogMergePolicy): segments
+After each build and add the orchestrator merges by a log policy (Lucene's LogMergePolicy): segments
 whose sizes share a power of MERGE_FACTOR form a level; a level holding MERGE_FACTOR
 segments merges into one of the next level. Each vector is thus rewritten about
 log_MERGE_FACTOR(N) times in all, and a collection never holds more than about
@@ -16,7 +16,6 @@ log_MERGE_FACTOR(N) times in all, and a collection never holds more than about
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 from vladsearch import catalog, segments
 from vladsearch.encoder import Encoder
 from vladsearch.features.base import Features
+from vladsearch.transaction import transaction
 
 MERGE_FACTOR = 10
 
@@ -111,29 +111,20 @@ def merge(index_dir: Path, encoder: Encoder, names: list[str] | None = None) -> 
 
 
 def _commit_merge(index_dir: Path, db, staged: segments.StagedSegment, chosen: list[str], moves: list) -> None:
-    moved: list[Path] = []
-    try:
-        with catalog.write_transaction(db):
-            segments.collect_garbage(index_dir, db)  # first: never what this transaction drops
-            still_live = {s["name"] for s in catalog.live_segments(db)}
-            if not set(chosen) <= still_live:
-                return  # another merge took these segments first: ours is discarded with the staging area
-            moved = segments.publish(index_dir, [staged])
-            db.execute("INSERT INTO segments (name, vectors, features, bytes, sha256, state, created) "
-                       "VALUES (?, ?, ?, ?, ?, 'live', ?)", (staged.name, staged.vectors, int(staged.features),
-                                                             staged.bytes, staged.sha256, time.time()))
-            db.executemany("UPDATE images SET segment = ?, row = ?, feat_offset = ?, feat_count = ? "
-                           "WHERE id = ? AND segment = ?", moves)
-            marks = ", ".join("?" * len(chosen))
-            db.execute(f"UPDATE segments SET state = 'dropped' WHERE name IN ({marks})", chosen)
-            # Rows deleted while we merged were copied: their deletions now concern the new segment.
-            db.executemany(f"UPDATE deletions SET segment = ? WHERE id = ? AND segment IN ({marks})",
-                           [(staged.name, move[4], *chosen) for move in moves])
-            db.execute(f"DELETE FROM deletions WHERE segment IN ({marks})", chosen)
-            catalog.record_commit(db, "merge", 0, 0, 1)
-    except BaseException:
-        segments.unpublish(moved)
-        raise
+    with transaction(index_dir, "merge", db) as tx:
+        still_live = {s["name"] for s in catalog.live_segments(db)}
+        if not set(chosen) <= still_live:
+            tx.record = False
+            return  # another merge took these segments first: ours is discarded with the staging area
+        tx.publish([staged])
+        db.executemany("UPDATE images SET segment = ?, row = ?, feat_offset = ?, feat_count = ? "
+                       "WHERE id = ? AND segment = ?", moves)
+        tx.drop_segments(chosen)
+        marks = ", ".join("?" * len(chosen))
+        # Rows deleted while we merged were copied: their deletions now concern the new segment.
+        db.executemany(f"UPDATE deletions SET segment = ? WHERE id = ? AND segment IN ({marks})",
+                       [(staged.name, move[4], *chosen) for move in moves])
+        db.execute(f"DELETE FROM deletions WHERE segment IN ({marks})", chosen)
 
 
 def auto_merge(index_dir: Path, encoder: Encoder) -> int:

@@ -39,14 +39,15 @@ RERANK_KEYPOINTS = search.RERANK_KEYPOINTS
 class Index:
     """A VLAD index over a collection of images, stored in the directory `path`."""
 
-    def __init__(self, path: Path, encoder: Encoder, meta: dict[str, Any], root: Path | None = None) -> None:
+    def __init__(self, path: Path, encoder: Encoder, meta: dict[str, Any], root: Path | None = None,
+                 snapshot: Snapshot | None = None) -> None:
         self.path = Path(path)
         self.encoder = encoder
         self.meta = meta
         self.root = Path(root) if root is not None else self._find_root()
         self.report = Report()
         self.timings: dict[str, float] = meta.get("timings", {})
-        self._snapshot: Snapshot | None = None
+        self._snapshot = snapshot  # None: loaded on first use
 
     @property
     def params(self) -> BuildParams:

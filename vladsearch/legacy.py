@@ -71,7 +71,7 @@ class Format1Snapshot(Snapshot):
             raise catalog.IndexDamagedError(f"{data / 'index.faiss'} is damaged ({str(exc).splitlines()[0]}); "
                                             "rebuild the index") from None
         self.db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-        self.db.executescript(catalog._SCHEMA)
+        self.db.executescript(catalog.SCHEMA)
         source = sqlite3.connect(f"file:{data / 'images.sqlite'}?mode=ro", uri=True)
         try:
             rows = source.execute(f"SELECT {', '.join(V1_COLUMNS)} FROM images").fetchall()
@@ -104,12 +104,10 @@ def open_format1(index_class, path: Path, weights: str | None, root: str | os.Pa
     encoder.load_blobs((data / "codebook.npy").read_bytes(),
                        (data / "pca.npz").read_bytes() if (data / "pca.npz").exists() else None)
     meta = {**manifest, "root_relative": None, "updated": manifest.get("updated")}
-    index = index_class(path, encoder, meta, Path(root) if root else None)
     feature_dim = encoder.feature_dim if params.keep_features else None
     snapshot = Format1Snapshot(path, manifest, encoder.dim, feature_dim)
     snapshot.refresh()
-    index._snapshot = snapshot
-    return index
+    return index_class(path, encoder, meta, Path(root) if root else None, snapshot=snapshot)
 
 
 def migrate(index_dir: Path, index) -> None:
@@ -171,22 +169,21 @@ def _empty_clone(backend: FaissBackend) -> bytes | None:
 
 
 def _write_catalog(index_dir: Path, meta: dict, blobs: dict, staged: list, rows: list[dict]) -> None:
-    """Create the format 2 catalog under a temporary name, publish the segment, rename: the commit."""
+    """Create the format 2 catalog under a temporary name, publish the segment, rename: the commit
+    (a new catalog file, so not a `transaction.transaction` on a live one; its rows are written
+    by the same catalog functions)."""
     building = index_dir / "catalog.sqlite.migrating"
     building.unlink(missing_ok=True)
     db = sqlite3.connect(building, isolation_level=None)
     try:
-        db.executescript(catalog._SCHEMA)
+        db.executescript(catalog.SCHEMA)
         db.execute("BEGIN")
         catalog.write_meta(db, meta)
         for name, data in blobs.items():
             catalog.write_blob(db, name, data)
         for row in rows:
             catalog.insert_image(db, row)
-        for s in staged:
-            db.execute("INSERT INTO segments (name, vectors, features, bytes, sha256, state, created) "
-                       "VALUES (?, ?, ?, ?, ?, 'live', strftime('%s','now'))",
-                       (s.name, s.vectors, int(s.features), s.bytes, s.sha256))
+        catalog.insert_segments(db, staged)
         catalog.record_commit(db, "migrate", len(rows), 0, len(staged))
         db.execute("COMMIT")
     finally:

@@ -4,7 +4,7 @@ A `Snapshot` reads, in one read transaction of the catalog and under the shared 
 lock (catalog.py states the protocol), which segments are live and where every live image
 sits (segment, row, cached-feature rows), and opens those segments' files; so a commit or
 a merge that happens meanwhile can neither show half of itself nor delete a file under it.
-Where each image lives is kept in numpy arrays (about 28 bytes per image); names and other
+Where each image lives is kept in one numpy array (40 bytes per image); names and other
 metadata are looked up in the catalog when a result needs them (ids are never reused, so
 an id names the same image for ever, or nothing once it is deleted).
 
@@ -36,8 +36,9 @@ from vladsearch.quantizer import CoarseCodes
 
 TEMPLATE_BLOB = "template.faiss"
 CODES_BLOB = "coarse.npz"
-# Bytes of the location arrays per image: id int64, segment int32, row int32, feature offset int64, count int32.
-LOCATION_BYTES = 28
+# Bytes of the locations per image: one int64 row of id, segment index, row, feature offset, count
+# (`loaded_ids`, `_where` and the backend's ids are views of it).
+LOCATION_BYTES = 5 * 8
 
 
 class Snapshot:

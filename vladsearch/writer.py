@@ -24,6 +24,7 @@ from vladsearch import __version__, catalog, legacy, segments
 from vladsearch.catalog import check_writable, disk_error, existing_build
 from vladsearch.encoder import Encoder
 from vladsearch.extraction import ExtractedImage
+from vladsearch.transaction import Changes, transaction
 
 # Images whose vectors are normalised and written together.
 ADD_BATCH = 256
@@ -181,45 +182,28 @@ def commit(index_dir: Path, staged: list[segments.StagedSegment], rows: list[dic
     replace: for a build, {"meta": …, "blobs": …} replacing the whole previous content;
     meta: entries to update (e.g. where the photos are now).
     """
-    db = catalog.connect(index_dir)
-    moved: list[Path] = []
-    try:
-        with catalog.write_transaction(db):
-            segments.collect_garbage(index_dir, db)  # first: never what this transaction drops
-            if replace is None:
-                current = catalog.read_meta(db).get("build_id")
-                if build_id is not None and current != build_id:
-                    raise RuntimeError("the index was rebuilt while this command ran; nothing was added: run it again")
-            else:
-                db.execute("UPDATE segments SET state = 'dropped' WHERE state = 'live'")
-                db.execute("DELETE FROM images")
-                db.execute("DELETE FROM deletions")
-                catalog.write_meta(db, replace["meta"])
-                for name, data in replace["blobs"].items():
-                    catalog.write_blob(db, name, data)
-            moved = segments.publish(index_dir, staged)
-            _insert_rows(db, rows, report)
-            for s in staged:
-                db.execute("INSERT INTO segments (name, vectors, features, bytes, sha256, state, created) "
-                           "VALUES (?, ?, ?, ?, ?, 'live', ?)", (s.name, s.vectors, int(s.features), s.bytes,
-                                                                 s.sha256, time.time()))
-            catalog.write_meta(db, {**(meta or {}), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            catalog.record_commit(db, kind, report.indexed, report.replaced, len(staged))
-        report.segments = len(staged)
-    except BaseException as exc:
-        segments.unpublish(moved)
-        error = disk_error(index_dir, exc)
-        if error is exc:
-            raise
-        raise error from None
-    finally:
-        db.close()
+    with transaction(index_dir, kind) as tx:
+        if replace is None:
+            current = catalog.read_meta(tx.db).get("build_id")
+            if build_id is not None and current != build_id:
+                raise RuntimeError("the index was rebuilt while this command ran; nothing was added: run it again")
+        else:
+            tx.clear()
+            tx.write_meta(replace["meta"])
+            for name, data in replace["blobs"].items():
+                tx.write_blob(name, data)
+        tx.publish(staged)
+        _insert_rows(tx, rows, report)
+        tx.write_meta(meta or {})
+        tx.touch()
+        tx.added, tx.removed = report.indexed, report.replaced
+    report.segments = len(staged)
 
 
-def _insert_rows(db: sqlite3.Connection, rows: list[dict[str, Any]], report: Report) -> None:
+def _insert_rows(tx: Changes, rows: list[dict[str, Any]], report: Report) -> None:
     new_rows = []
     for row in rows:
-        existing = catalog.find_image(db, row["path"])
+        existing = catalog.find_image(tx.db, row["path"])
         if existing is not None:
             if row["status"] == catalog.STATUS_SKIPPED and existing["status"] != catalog.STATUS_SKIPPED:
                 continue  # a file that fails now keeps the vector it had
@@ -231,11 +215,9 @@ def _insert_rows(db: sqlite3.Connection, rows: list[dict[str, Any]], report: Rep
                 continue
             if existing["status"] != catalog.STATUS_SKIPPED:
                 report.replaced += 1
-            catalog.delete_images(db, [existing])
+            tx.delete_images([existing])
         new_rows.append(row)
-    first = catalog.allocate_ids(db, len(new_rows))
-    for offset, row in enumerate(new_rows):
-        catalog.insert_image(db, {"id": first + offset, **row})
+    tx.insert_images(new_rows)
 
 
 # --- add and remove ---------------------------------------------------------------------
@@ -258,20 +240,13 @@ def unchanged(row: dict[str, Any] | None, path: Path) -> bool:
 def remove_names(index_dir: Path, names: list[str]) -> list[str]:
     """Delete images by indexed name in one commit; returns the names that were not indexed."""
     check_writable(index_dir)
-    db = catalog.connect(index_dir)
-    try:
-        with catalog.write_transaction(db):
-            segments.collect_garbage(index_dir, db)  # first: never what this transaction drops
-            rows = [catalog.find_image(db, name) for name in names]
-            found = [r for r in rows if r is not None]
-            catalog.delete_images(db, found)
-            if found:
-                catalog.write_meta(db, {"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-                catalog.record_commit(db, "remove", 0, len(found), 0)
-    except sqlite3.OperationalError as exc:
-        raise disk_error(index_dir, exc) from None
-    finally:
-        db.close()
+    with transaction(index_dir, "remove") as tx:
+        rows = [catalog.find_image(tx.db, name) for name in names]
+        found = [r for r in rows if r is not None]
+        tx.delete_images(found)
+        tx.removed, tx.record = len(found), bool(found)
+        if found:
+            tx.touch()
     return [name for name, row in zip(names, rows) if row is None]
 
 
