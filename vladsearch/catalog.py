@@ -286,7 +286,8 @@ def delete_images(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
 
 
 def rename_images(db: sqlite3.Connection, moves: dict[str, str]) -> int:
-    """Change indexed names old → new in one commit (ids, vectors, features and hashes stay).
+    """Change indexed names old → new (ids, vectors, features and hashes stay), inside a write
+    transaction (`transaction.transaction`; writer.rename_names is the commit).
 
     Raises ValueError, changing nothing, when an old name is not indexed or a new name
     already is (and is not itself renamed away here). Returns the number renamed.
@@ -296,21 +297,18 @@ def rename_images(db: sqlite3.Connection, moves: dict[str, str]) -> int:
         return 0
     if len(set(moves.values())) != len(moves):
         raise ValueError("two images cannot be renamed to the same path: nothing was renamed")
-    with write_transaction(db):
-        ids = {}
-        for old, new in moves.items():
-            row = find_image(db, old)
-            if row is None:
-                raise ValueError(f"{old} is not in the index: nothing was renamed (see `vladsearch info`)")
-            if new not in moves and find_image(db, new) is not None:
-                raise ValueError(f"{new} is already in the index: nothing was renamed; remove it first")
-            ids[old] = row["id"]
-        # two steps, so that names may swap or shift along a chain without breaking UNIQUE(path)
-        rename = "UPDATE images SET path = ? WHERE id = ?"
-        db.executemany(rename, [(f"//vladsearch-rename/{i}", i) for i in ids.values()])
-        db.executemany(rename, [(moves[old], i) for old, i in ids.items()])
-        write_meta(db, {"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        record_commit(db, "rename", 0, 0, 0)
+    ids = {}
+    for old, new in moves.items():
+        row = find_image(db, old)
+        if row is None:
+            raise ValueError(f"{old} is not in the index: nothing was renamed (see `vladsearch info`)")
+        if new not in moves and find_image(db, new) is not None:
+            raise ValueError(f"{new} is already in the index: nothing was renamed; remove it first")
+        ids[old] = row["id"]
+    # two steps, so that names may swap or shift along a chain without breaking UNIQUE(path)
+    rename = "UPDATE images SET path = ? WHERE id = ?"
+    db.executemany(rename, [(f"//vladsearch-rename/{i}", i) for i in ids.values()])
+    db.executemany(rename, [(moves[old], i) for old, i in ids.items()])
     return len(moves)
 
 

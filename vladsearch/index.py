@@ -231,13 +231,7 @@ class Index:
         return count
 
     def _rename_names(self, names: dict[str, str]) -> int:
-        db = catalog.connect(self.path)
-        try:
-            return catalog.rename_images(db, names)
-        except sqlite3.OperationalError as exc:
-            raise writer.disk_error(self.path, exc) from None
-        finally:
-            db.close()
+        return writer.rename_names(self.path, names)
 
     def _new_name(self, image: str | os.PathLike) -> str:
         """The indexed name of a new path: relative to the photos' folder, or an existing file from here."""

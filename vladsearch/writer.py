@@ -250,6 +250,21 @@ def remove_names(index_dir: Path, names: list[str]) -> list[str]:
     return [name for name, row in zip(names, rows) if row is None]
 
 
+def rename_names(index_dir: Path, moves: dict[str, str]) -> int:
+    """Change indexed names old → new in one commit (ids, vectors, features and hashes stay).
+
+    Returns the number renamed; raises ValueError, renaming nothing, for an old name not
+    indexed or a new name that already is (catalog.rename_images).
+    """
+    check_writable(index_dir)
+    with transaction(index_dir, "rename") as tx:
+        count = catalog.rename_images(tx.db, moves)
+        tx.record = count > 0
+        if count:
+            tx.touch()
+    return count
+
+
 def copy_index(source_dir: Path, table: sqlite3.Connection, target: Path, force: bool, root: Path) -> None:
     """Copy the committed state in `table` (a snapshot's catalog) and its segments to `target`."""
     prepare_directory(target, force)
