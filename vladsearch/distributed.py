@@ -234,7 +234,7 @@ class RayExecutor:
         self.ray = None
         self._stack = contextlib.ExitStack()
 
-    def __enter__(self) -> RayExecutor:
+    def __enter__(self):
         self.ray = self._stack.enter_context(cluster(self.address))
         return self
 

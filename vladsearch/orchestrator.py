@@ -51,7 +51,7 @@ from vladsearch.writer import Report, SegmentStream, build_meta, commit, unchang
 class Executor(Protocol):
     """Turns images into staged segments and image rows (module docstring)."""
 
-    def __enter__(self) -> Executor: ...
+    def __enter__(self): ...  # returns self (no "-> Self": typing.Self needs Python 3.11)
 
     def __exit__(self, *exc_info) -> None: ...
 
@@ -75,7 +75,7 @@ class LocalExecutor:
         self._then: list[str] = []
         self._encoding: WorkerEncoding | None = None
 
-    def __enter__(self) -> LocalExecutor:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc_info) -> None:
