@@ -402,3 +402,18 @@ def test_an_image_that_cannot_be_read_again_is_named_and_bad_arguments_fail_firs
         assert "does not exist" in done.stderr or "must be" in done.stderr
     done = cli("pairs", str(index), "--top", "2", "--output", str(tmp_path / "missing" / "pairs.txt"), check=False)
     assert done.returncode == 2 and "folder" in done.stderr and not (tmp_path / "missing").exists()
+
+
+def test_search_and_duplicates_agree(collection):
+    """One verifier: `search A` confirms B as identical or a copy exactly when `duplicates` groups A and B."""
+    index, photos, truth = collection
+    data = json.loads(cli("duplicates", str(index), "--json", "--quiet", "--workers", "2").stdout)
+    group_of = {name: frozenset(g["images"]) for g in data["groups"] for name in g["images"]}
+    names = sorted(p.name for p in photos.iterdir())
+    answers = json.loads(cli("search", str(index), *[str(photos / n) for n in names], "--json", "--top", "20",
+                             "--quiet", "--workers", "2").stdout)
+    for name, answer in zip(names, answers):
+        confirmed = {m["image"] for m in answer["matches"] if m["verdict"] in ("identical", "copy")} - {name}
+        assert confirmed == set(group_of.get(name, {name})) - {name}, name
+        if name not in truth:  # a captioned stranger: the caption's letters alone confirm nothing
+            assert [m["image"] for m in answer["matches"]] == [name], name

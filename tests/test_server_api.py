@@ -63,23 +63,42 @@ def test_exact_copy_comes_first_in_the_cli_json_shape(client, project):
     response = upload(client, image, name="my query.jpg", top=5)
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"query", "matches", "seconds"}
-    assert body["query"] == "my query.jpg"
-    assert body["matches"][0] == {"image": image.name, "score": 1.0}
-    assert len(body["matches"]) == 5 and all(set(m) == {"image", "score"} for m in body["matches"])
+    assert set(body) == {"query", "answer", "matches", "seconds"}
+    assert body["query"] == "my query.jpg" and body["answer"] == "identical"
+    first = body["matches"][0]
+    assert first["image"] == image.name and first["verdict"] == "identical" and first["confidence"] == 1.0
+    assert all(m["verified"] for m in body["matches"])  # confirmed matches only, by default
+    plain = upload(client, image, top=5, rerank=0).json()  # today's list, one flag away
+    assert "answer" not in plain and plain["matches"][0] == {"image": image.name, "score": 1.0}
+    assert len(plain["matches"]) == 5 and all(set(m) == {"image", "score"} for m in plain["matches"])
 
 
 def test_search_answers_what_the_python_api_answers(client, project):
-    """The oracle: Index.search on the same file, in this process."""
+    """The oracle: Index.search on the same file, in this process, with the same defaults."""
     query = project["images"][7]
-    expected = Index.open(project["index"]).search([query], top=8, rerank=6)[0].to_dict()
-    body = upload(client, query, top=8, rerank=6).json()
-    assert body["matches"] == expected["matches"]
+    for options in ({}, {"rerank": 6, "top": 8, "unverified": True}):
+        expected = Index.open(project["index"]).search([query], **options)[0].to_dict()
+        body = upload(client, query, **options).json()
+        assert body["answer"] == expected["answer"] == "identical"
+        assert body["matches"] == [{k: v for k, v in m.items() if v is not None} for m in expected["matches"]]
     assert body["matches"][0]["verified"] is True and body["matches"][0]["image"] == query.name
+    assert any(m["verified"] is False for m in body["matches"])
+
+
+def test_a_stranger_is_not_in_the_collection(client, tmp_path):
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    noise = cv2.GaussianBlur(rng.integers(0, 255, (300, 400), dtype=np.uint8), (0, 0), 2)
+    cv2.imwrite(str(tmp_path / "stranger.png"), noise)
+    body = upload(client, tmp_path / "stranger.png").json()
+    assert body["answer"] == "not in the collection" and body["matches"] == []
 
 
 def test_bad_search_parameters_are_400_or_422_json(client, project):
-    assert "--rerank" in assert_json_error(upload(client, project["images"][0], verified_only="true"), 400)
+    assert "min-confidence" in assert_json_error(upload(client, project["images"][0], rerank=0, min_confidence=0.5), 400)
+    assert_json_error(upload(client, project["images"][0], min_confidence=2), 422)
     assert_json_error(upload(client, project["images"][0], top=0), 422)
     assert_json_error(client.post("/api/search"), 422)  # no image field
 
@@ -177,7 +196,7 @@ def test_no_path_spelling_reaches_a_file_outside_the_root(client, project, suffi
 
 
 def test_symlinks_leading_out_are_indexed_but_never_served(client, project):
-    names = {m["image"] for m in upload(client, project["outside_images"][0], top=20).json()["matches"]}
+    names = {m["image"] for m in upload(client, project["outside_images"][0], top=20, rerank=0).json()["matches"]}
     assert set(INDEXED_OUT_OF_ROOT) <= names  # the index followed them…
     for name in INDEXED_OUT_OF_ROOT:
         assert_json_error(client.get(f"/api/images/{name}"), 404)  # …the server does not
@@ -196,14 +215,14 @@ def test_uploaded_images_are_stored_added_searchable_and_removable(own_project, 
         stored = [entry["image"] for entry in body["images"]]
         assert all(name.startswith("uploads/") and name.endswith(f"{p.stem}.jpg") for name, p in zip(stored, new))
         assert (own_project["photos"] / stored[0]).read_bytes() == new[0].read_bytes()
-        assert upload(client, new[1]).json()["matches"][0] == {"image": stored[1], "score": 1.0}
+        assert upload(client, new[1], rerank=0).json()["matches"][0] == {"image": stored[1], "score": 1.0}
         assert client.get("/api/info").json()["counts"]["indexed"] == 16
 
         removed = client.delete(f"/api/images/{stored[1]}")
         assert removed.status_code == 200 and removed.json() == {"removed": stored[1], "vectors": 15}
         assert_json_error(client.get(f"/api/images/{stored[1]}"), 404)
         assert not (own_project["photos"] / stored[1]).exists()
-        assert stored[1] not in {m["image"] for m in upload(client, new[1], top=20).json()["matches"]}
+        assert stored[1] not in {m["image"] for m in upload(client, new[1], top=20, rerank=0).json()["matches"]}
         assert_json_error(client.delete(f"/api/images/{stored[1]}"), 404)
     assert Index.open(own_project["index"]).info()["counts"]["indexed"] == 15  # committed on disk
 
@@ -217,9 +236,10 @@ def test_commits_of_another_writer_are_followed_without_restart(own_project):
     new = make_images(own_project["photos"] / "later", 1, 123, prefix="later")[0]
     with TestClient(create_app(own_project["index"], refresh_interval=0.1)) as client:
         before = client.get("/api/info").json()["commits"]
-        assert upload(client, new).json()["matches"][0]["score"] < 0.5
+        assert upload(client, new).json()["answer"] == "not in the collection"
         Index.open(own_project["index"]).add([new], workers=1, progress=False)  # another Index: another writer
-        wait_for(lambda: upload(client, new).json()["matches"][0] == {"image": "later/later_123_000.jpg", "score": 1.0},
+        wait_for(lambda: upload(client, new, rerank=0).json()["matches"][0] == {"image": "later/later_123_000.jpg",
+                                                                                "score": 1.0},
                  30, "the image another writer added, found")
         assert client.get("/api/info").json()["commits"] == before + 1
         assert client.get("/api/images/later/later_123_000.jpg").content == new.read_bytes()

@@ -52,6 +52,15 @@ def test_picking_a_query_file_shows_the_expected_thumbnail_first(browser, tmp_pa
         first = wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#results li.match")))
         assert first.get_attribute("data-image") == query.name
         assert query.name in first.find_element(By.CLASS_NAME, "name").text
+        # The answer in words and a verdict badge; the unverified candidates wait behind the toggle.
+        assert browser.find_element(By.ID, "answer").text.startswith(f"Identical to {query.name}")
+        assert first.find_element(By.CLASS_NAME, "badge").text == "identical"
+        unverified = browser.find_elements(By.CSS_SELECTOR, "#results li.match.unverified")
+        assert unverified and not any(item.is_displayed() for item in unverified)
+        browser.find_element(By.ID, "show-unverified").click()
+        assert all(item.is_displayed() for item in unverified)
+        assert unverified[0].find_element(By.CLASS_NAME, "badge").text == "unverified"
+        browser.find_element(By.ID, "show-unverified").click()
         # The thumbnail arrived (an object URL of the API's JPEG) and was decoded by the browser.
         wait.until(lambda d: d.execute_script(
             "const i = document.querySelector('#results li.match img'); return i.complete && i.naturalWidth > 0;"))
@@ -60,6 +69,16 @@ def test_picking_a_query_file_shows_the_expected_thumbnail_first(browser, tmp_pa
             "const i = document.getElementById('compare-match'); return i.complete && i.naturalWidth === 320;"))
         assert browser.find_element(By.ID, "compare").get_attribute("open") is not None
         screenshot = os.environ.get("VLADSEARCH_SCREENSHOT")
+        # A stranger: the page says so plainly.
+        import cv2
+        import numpy as np
+
+        noise = cv2.GaussianBlur(np.random.default_rng(3).integers(0, 255, (300, 400), dtype=np.uint8), (0, 0), 2)
+        cv2.imwrite(str(tmp_path / "stranger.png"), noise)
+        browser.find_element(By.ID, "compare-close").click()
+        browser.find_element(By.ID, "query-file").send_keys(str(tmp_path / "stranger.png"))
+        wait.until(lambda d: d.find_element(By.ID, "answer").text.startswith("Not in the collection"))
         if screenshot:  # for people looking at the page: VLADSEARCH_SCREENSHOT=page.png pytest …
-            browser.find_element(By.ID, "compare-close").click()
+            browser.find_element(By.ID, "query-file").send_keys(str(query))
+            wait.until(lambda d: d.find_element(By.ID, "answer").text.startswith("Identical"))
             Path(screenshot).write_bytes(browser.get_screenshot_as_png())

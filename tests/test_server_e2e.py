@@ -63,8 +63,10 @@ def test_exact_copy_comes_first(server):
     response = search(base, project["images"][5], name="copy.jpg", top=3)
     assert response.status_code == 200
     body = response.json()
-    assert body["query"] == "copy.jpg" and body["matches"][0] == {"image": project["images"][5].name, "score": 1.0}
-    assert [set(m) for m in body["matches"]] == [{"image", "score"}] * 3
+    assert body["query"] == "copy.jpg" and body["answer"] == "identical"
+    first = body["matches"][0]
+    assert first["image"] == project["images"][5].name and first["verdict"] == "identical" and first["score"] == 1.0
+    assert all(m["verified"] for m in body["matches"]) and len(body["matches"]) <= 3
 
 
 def test_hostile_requests_get_4xx_json_and_the_server_stays_up(server, tmp_path):

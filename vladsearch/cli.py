@@ -10,13 +10,13 @@ import sys
 import warnings
 
 from vladsearch import __version__
-from vladsearch.arguments import positive_int
+from vladsearch.arguments import non_negative_int, positive_int
 from vladsearch.distributed import executor_report
-from vladsearch.encoder import PRESETS, preset_params
+from vladsearch.encoder import DEFAULT_FEATURE_CODES, DEFAULT_KEEP_FEATURES, PRESETS, preset_with
 from vladsearch.features import EXTRACTORS
 from vladsearch.images import DEFAULT_MAX_PIXELS
 from vladsearch.results import results_to_csv, results_to_json, results_to_table
-from vladsearch.search import RERANK_KEYPOINTS
+from vladsearch.search import DEFAULT_TOP, DEFAULT_VERIFY_DEPTH, SearchOptions
 
 EPILOG = """examples:
   vladsearch build photos/ --index photos.vlad
@@ -62,8 +62,10 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("photos", metavar="PHOTOS_DIR", help="a folder, or a .txt file listing image paths")
     build.add_argument("--index", required=True, metavar="PATH", help="index directory to write (e.g. photos.vlad)")
     features_help = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in EXTRACTORS.items())
-    build.add_argument("--features", default="sift", choices=list(EXTRACTORS), help=f"local features ({features_help})")
-    build.add_argument("--clusters", "-k", type=positive_int, default=64, help="visual words K (default 64)")
+    build.add_argument("--features", default=None, choices=list(EXTRACTORS),
+                       help=f"local features (default sift, or the preset's; {features_help})")
+    build.add_argument("--clusters", "-k", type=positive_int, default=None,
+                       help="visual words K (default 64, or the preset's)")
     build.add_argument("--weights", metavar="PATH", help="weights file for learned features")
     build.add_argument("--max-side", type=int, default=1024, metavar="PX",
                        help="downscale images so the longer side is at most PX (0: never; default 1024)")
@@ -74,22 +76,27 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("--power", type=float, default=0.5, help="power-law exponent (default 0.5; 1 disables)")
     build.add_argument("--preset", default="exact", choices=list(PRESETS),
                        help="exact: every vector in RAM, exact search (default); large: a 64-byte code per image "
-                            "in RAM, full vectors on disk re-rank the candidates (millions of images; docs/SCALE.md)")
+                            "in RAM, full vectors on disk re-rank the candidates (millions of images; docs/SCALE.md); "
+                            "places: the same place under strong changes, learned features (docs/FEATURES.md)")
     build.add_argument("--factory", default="Flat",
                        help="faiss index factory string (default Flat = exact; e.g. IVF1024,Flat, IVF1024,PQ32np or HNSW32)")
     build.add_argument("--codebook-images", type=positive_int, default=500,
                        help="images sampled to train the codebook (default 500)")
-    build.add_argument("--keep-features", type=int, nargs="?", const=RERANK_KEYPOINTS, default=0, metavar="N",
-                       help="cache the N strongest local features per image (default N 1024, about "
-                            "264 KiB per image for SIFT) so that `search --rerank` never re-decodes "
-                            "database images; without it reranking decodes them again")
+    keep = build.add_mutually_exclusive_group()
+    keep.add_argument("--keep-features", type=positive_int, nargs="?", const=DEFAULT_KEEP_FEATURES, default=None,
+                      metavar="N",
+                      help=f"cache the N strongest local features per image, so that searches verify without "
+                           f"decoding photos again (default {DEFAULT_KEEP_FEATURES}, as {DEFAULT_FEATURE_CODES} codes: "
+                           "about 33 KiB per image for SIFT; `info` reports the disk they take)")
+    keep.add_argument("--no-keep-features", dest="keep_features", action="store_const", const=0,
+                      help="cache no local features (smaller index; searches decode candidates again to verify)")
     build.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                        help=f"skip images larger than N pixels, read from the file header before decoding "
                             f"(decompression bombs; default {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
     build.add_argument("--force", action="store_true", help="replace an index that already exists at --index")
     build.add_argument("--feature-codes", default=None, metavar="PQmxb",
-                       help="with --keep-features: store descriptors as product-quantised codes, e.g. PQ32x7 "
-                            "(32 KiB per image at 1024 SIFT keypoints instead of 264 KiB; the large preset's choice)")
+                       help=f"how cached descriptors are stored: product-quantised codes, e.g. {DEFAULT_FEATURE_CODES} "
+                            "(the default: 32 KiB per image at 1024 SIFT keypoints), or none: float16 (264 KiB)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--json", action="store_true", help="print the build report as JSON")
     _add_common(build)
@@ -99,17 +106,26 @@ def _build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="find the most similar indexed images")
     search.add_argument("index", metavar="INDEX")
     search.add_argument("queries", nargs="+", metavar="QUERY_IMAGE_OR_DIR")
-    search.add_argument("--top", "-k", type=positive_int, default=10, help="matches per query (default 10)")
+    search.add_argument("--top", "-k", type=positive_int, default=DEFAULT_TOP,
+                        help=f"matches per query (default {DEFAULT_TOP})")
     output = search.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print JSON")
+    output.add_argument("--json", action="store_true", help="print JSON (keys: docs/ANSWERS.md)")
     output.add_argument("--csv", action="store_true", help="print CSV")
-    search.add_argument("--rerank", type=int, default=0, metavar="N",
-                        help="verify the N best candidates by matching local features and fitting a "
-                             "homography (MAGSAC); verified matches move to the top (default 0: off)")
-    search.add_argument("--verified-only", action="store_true",
-                        help="with --rerank: drop unverified matches (an empty list means 'not in the collection')")
-    search.add_argument("--mirrored", action="store_true",
-                        help="with --rerank on sift/rootsift: also verify the mirrored query, so flipped copies verify")
+    search.add_argument("--rerank", type=non_negative_int, default=DEFAULT_VERIFY_DEPTH, metavar="N",
+                        help="verify the N best VLAD candidates (and, for sift/rootsift, the mirrored query's N) "
+                             f"by local feature matching and geometry (default {DEFAULT_VERIFY_DEPTH}); "
+                             "0: no verification, the plain VLAD neighbours")
+    search.add_argument("--unverified", action="store_true",
+                        help="after the confirmed matches, also list the candidates that were not confirmed")
+    search.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                        help="keep confirmed matches whose measured precision is at least P, in [0, 1] "
+                             "(docs/ANSWERS.md has the table; default 0)")
+    search.add_argument("--verified-only", action="store_true", help=argparse.SUPPRESS)  # the default since 0.3
+    mirror = search.add_mutually_exclusive_group()
+    mirror.add_argument("--mirrored", dest="mirrored", action="store_true", default=None,
+                        help="also search and verify the mirrored query (default: on for sift/rootsift)")
+    mirror.add_argument("--no-mirrored", dest="mirrored", action="store_false",
+                        help="do not look for mirrored copies")
     search.add_argument("--query-expansion", "--qe", type=int, default=0, metavar="N",
                         help="search again with the query averaged with its N best (verified) matches (αQE)")
     search.add_argument("--nprobe", type=positive_int, default=None,
@@ -208,13 +224,14 @@ def _cmd_build(args) -> int:
     from vladsearch import Index, distributed
 
     build = Index.build if args.ray is None else functools.partial(distributed.build_index, address=args.ray)
+    preset = preset_with(args.preset, features=args.features, clusters=args.clusters)
     index = build(
-        args.photos, index=args.index, force=args.force, features=args.features, clusters=args.clusters,
+        args.photos, index=args.index, force=args.force, features=preset.pop("features"), clusters=preset.pop("clusters"),
         weights=args.weights, workers=args.workers, progress=not args.quiet, max_side=args.max_side or None,
         max_keypoints=args.max_keypoints, pca=args.pca, whiten=not args.no_whiten, intra=not args.no_intra,
         power=args.power, factory=args.factory, codebook_images=args.codebook_images, seed=args.seed,
-        keep_features=args.keep_features, max_pixels=args.max_pixels or None,
-        **{**preset_params(args.preset), **({"feature_codes": args.feature_codes} if args.feature_codes else {})})
+        **({} if args.keep_features is None else {"keep_features": args.keep_features}), max_pixels=args.max_pixels or None,
+        **{**preset, **({"feature_codes": "" if args.feature_codes == "none" else args.feature_codes} if args.feature_codes else {})})
     timings = {k: round(v, 3) for k, v in index.timings.items()}
     _print_report(index.report, args.json, {"index": args.index, **executor_report(index), "timings": timings},
                   args.verbose)
@@ -228,9 +245,13 @@ def _cmd_search(args) -> int:
     from vladsearch import Index
 
     index = Index.open(args.index, weights=args.weights, root=args.root)
-    results = index.search(args.queries, top=args.top, workers=args.workers, nprobe=args.nprobe,
-                           rerank=args.rerank, verified_only=args.verified_only,
-                           query_expansion=args.query_expansion, mirrored=args.mirrored,
+    options = SearchOptions(top=args.top, rerank=args.rerank, unverified=args.unverified,
+                            min_confidence=args.min_confidence, mirrored=args.mirrored,
+                            query_expansion=args.query_expansion, nprobe=args.nprobe)
+    if options.rerank and not index.params.keep_features:
+        print(f"hint: {args.index} keeps no local features, so every search decodes its candidates again; "
+              f"rebuild it to cache them: vladsearch build PHOTOS_DIR --index {args.index} --force", file=sys.stderr)
+    results = index.search(args.queries, options=options, workers=args.workers,
                            progress=not args.quiet and not args.json and not args.csv)
     if args.json:
         print(results_to_json(results))
@@ -308,6 +329,13 @@ def _cmd_info(args) -> int:
           f"{counts['skipped']} skipped; {counts['vectors']} vectors of {info['dim']} dimensions")
     print(f"segments   {counts['segments']} ({counts['deletions']} deleted vectors waiting for a merge)")
     print(f"features   {info['features'].get('name')} {json.dumps(info['features'])}")
+    cache = info["verification_features"]
+    if cache["keypoints_per_image"]:
+        print(f"verify     {cache['keypoints_per_image']} features per image cached ({cache['descriptors']}): "
+              f"{cache['bytes'] / 2**20:.1f} MiB, {cache['bytes_per_image'] / 1024:.1f} KiB per image")
+    else:
+        print(f"verify     no cached features: searches decode candidates again "
+              f"(rebuild with `vladsearch build PHOTOS_DIR --index {args.index} --force` to cache them)")
     print(f"vlad       K={params['clusters']} power={params['power']} intra={params['intra']} "
           f"pca={params['pca'] or 'off'} whiten={params['whiten']}; faiss {params['factory']}")
     for row in info["skipped_files"]:

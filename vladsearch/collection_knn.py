@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vladsearch.quantizer import _faiss
+from vladsearch.verification import CachedFeatures, FeatureSource  # noqa: F401 - the features these verbs read
 
 if TYPE_CHECKING:
     from vladsearch.index import Index
@@ -125,66 +126,6 @@ class CollectionSearch:
 
 
 # --- local features and mirrored vectors -------------------------------------------------
-class FeatureSource:
-    """Local features by image id: the index's cache (memory-mapped) or re-extracted images."""
-
-    def __init__(self, index: Index, rows: dict[int, dict[str, Any]], workers: int | None) -> None:
-        self.index, self.rows, self.workers = index, rows, workers
-        self.extracted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.unreadable: set[int] = set()  # no cache, and the photo could not be decoded again
-
-    def load(self, ids: set[int]) -> None:
-        """Re-extract (in parallel) the images of `ids` that have no cached features; forget older ones."""
-        from vladsearch.search import database_features
-
-        snapshot = self.index.snapshot
-        missing = [i for i in ids if not snapshot.has_cached_features(self.rows[i])]
-        self.extracted = {i: f for i, f in self.extracted.items() if i in ids}
-        wanted = [i for i in missing if i not in self.extracted]
-        if wanted:
-            self.extracted.update(database_features(self.index.encoder, snapshot, self.index.root, wanted,
-                                                    self.workers))
-            self.unreadable.update(i for i in wanted if i not in self.extracted)
-
-    def __call__(self, image_id: int) -> tuple[np.ndarray, np.ndarray] | CachedFeatures | None:
-        if image_id in self.extracted:
-            return self.extracted[image_id]
-        where = self.index.snapshot.feature_rows(self.rows[image_id])
-        return None if where is None else CachedFeatures(*where)
-
-
-class CachedFeatures:
-    """One image's cached (keypoints, descriptors), read and decoded on first use.
-
-    `head(n)` reads only the n strongest (the store keeps them first): verification screens
-    most pairs with 256 features, and decoding all ~1,000 cost a quarter of its time.
-    """
-
-    def __init__(self, store, offset: int, count: int) -> None:
-        self.store, self.offset, self.feature_count = store, offset, count
-        self._all: tuple[np.ndarray, np.ndarray] | None = None
-        self._head: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
-
-    def head(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._all is not None:
-            return self._all[0][:n], self._all[1][:n]
-        if self._head is None or self._head[0] != n:
-            self._head = (n, self.store.get(self.offset, min(n, self.feature_count)))
-        return self._head[1]
-
-    def __getitem__(self, item: int) -> np.ndarray:
-        if self._all is None:
-            self._all = self.store.get(self.offset, self.feature_count)
-        return self._all[item]
-
-    def __iter__(self):
-        yield self[0]
-        yield self[1]
-
-    def __len__(self) -> int:
-        return 2
-
-
 def mirrored_vectors(index: Index, source: FeatureSource, ids: np.ndarray, workers: int | None = None) -> np.ndarray:
     """VLAD vectors of the mirrored images (SIFT descriptors permuted as a flip permutes them).
 

@@ -40,12 +40,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vladsearch import catalog, keep_choice
-from vladsearch.collection_knn import EXACT_LIMIT, CollectionSearch, FeatureSource, mirrored_vectors
+from vladsearch.collection_knn import EXACT_LIMIT, CollectionSearch, mirrored_vectors
 from vladsearch.features import capabilities
 from vladsearch.moves import indexed_file
 from vladsearch.pair_verification import PairVerdict, verify_pairs
 from vladsearch.progress import progress_bar
 from vladsearch.rerank import DEFAULT_MIN_INLIERS
+from vladsearch.verification import (
+    MAX_ANISOTROPY,
+    MIN_AFFINE,
+    MIN_OCCUPANCY,
+    SCREEN_INLIERS,
+    SCREEN_KEYPOINTS,
+    FeatureSource,
+    is_copy,
+)
 
 if TYPE_CHECKING:
     from vladsearch.index import Index
@@ -54,31 +63,12 @@ DEFAULT_NEIGHBORS = 10
 # VLAD cosine below which a neighbour is not verified; off by default (a mirrored copy's plain
 # VLAD similarity is about 0, so its candidate comes from the mirrored query vector instead).
 DEFAULT_MIN_SIMILARITY = -1.0
-# Measured on SIFT features of 72 photographs (scikit-image, oxford_affine_subset, homogr_pairs),
-# their edited copies, other views of the same scenes, and unrelated photographs carrying the
-# same caption (a one-off script; the collection is `benchmarks/dedup.py distinct`'s):
-# in both images the inliers must reach this fraction of the keypoint-bearing rows and of the
-# columns (pair_verification.band_occupancy): edited copies ≥ 0.29 (0.5 % below 0.40, 2,692
-# verified copy pairs of both benchmark collections), text shared by unrelated photographs —
-# one caption banner, a 30 %-high banner, meme text at top and bottom — ≤ 0.25 (303 pairs,
-# 15-219 inliers each: the letters verify);
-DEFAULT_MIN_OCCUPANCY = 0.3
-# and this fraction of the homography inliers must fit one affine map: edited copies ≥ 0.93
-# (median 1.00); graf viewpoint changes ≤ 0.73, homogr wide-baseline pairs median 0.73, but
-# edited copies of graf frames 3 and 4 up to 0.92. With MIN_LINKS, chosen on
-# `benchmarks/dedup.py` copies/distinct (docs/BENCHMARKS.md, "Grouping").
-DEFAULT_MIN_AFFINE = 0.93
-# and that affine map must scale all directions nearly alike (ratio of its singular values):
-# edited copies ≤ 1.031 (2,684 verified copy pairs, both collections), a magazine cover seen
-# square-on vs from above (homogr LePoint1B/2B, affine fraction 0.95-1.0) 1.17-1.21, Bruges
-# tower views 1.08-1.10 — unless it keeps the image's axes perpendicular (a resize to another
-# aspect ratio, before or after a turn: skew ≤ 0.004 on the 38 of 40 such copies that verify;
-# the views above 0.021-0.084, graf frames 1-2 0.019).
-DEFAULT_MAX_ANISOTROPY = 1.08
-MAX_RESIZE_SKEW = 0.01
-# Cheap first pass (verify_pair): the 256 strongest features must give 8 inliers before all are matched.
-DEFAULT_SCREEN_KEYPOINTS = 256
-DEFAULT_SCREEN_INLIERS = 8
+# What counts as a copy, and the cheap first pass: one definition for every verb (verification.py).
+DEFAULT_MIN_OCCUPANCY = MIN_OCCUPANCY
+DEFAULT_MIN_AFFINE = MIN_AFFINE
+DEFAULT_MAX_ANISOTROPY = MAX_ANISOTROPY
+DEFAULT_SCREEN_KEYPOINTS = SCREEN_KEYPOINTS
+DEFAULT_SCREEN_INLIERS = SCREEN_INLIERS
 QUERY_BLOCK = 1024
 # A pair that only a mirrored vector proposed is matched mirrored, then as is: large groups of
 # plain copies link through such pairs too (their plain cosine is the higher one). When its plain
@@ -123,13 +113,6 @@ def keep_order(row: dict[str, Any]) -> tuple:
     """Sort key of one row alone, best first: most pixels, then oldest file, then largest, then path
     (find_duplicates adds --prefer, the group's orientation and EXIF: keep_choice.keep_orders)."""
     return keep_choice.keep_order(row)
-
-
-def is_copy(verdict: PairVerdict, min_inliers: int, min_occupancy: float, min_affine: float,
-            max_anisotropy: float = DEFAULT_MAX_ANISOTROPY) -> bool:
-    return (verdict.inliers >= min_inliers and verdict.occupancy >= min_occupancy
-            and verdict.affine >= min_affine
-            and (verdict.anisotropy <= max_anisotropy or verdict.skew <= MAX_RESIZE_SKEW))
 
 
 # --- 1. exact copies ------------------------------------------------------------------
@@ -280,7 +263,7 @@ def find_duplicates(index: Index, neighbors: int = DEFAULT_NEIGHBORS, min_inlier
     representative = {i: rep for rep, ids in exact.items() for i in ids}
     live = snapshot.loaded_ids
     queries = np.array([i for i in live if representative.get(int(i), int(i)) == int(i)], np.int64)
-    source = FeatureSource(index, rows, workers)
+    source = FeatureSource.of_index(index, rows, workers)
     searcher = CollectionSearch(index, exact_limit=exact_limit, nprobe=nprobe, knn=knn)
     timings["knn_index"] = time.perf_counter() - start
     # Only verified pairs are kept (memory: a few per duplicate image, not ~16 per image);

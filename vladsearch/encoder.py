@@ -22,6 +22,13 @@ from vladsearch.images import DEFAULT_MAX_PIXELS
 from vladsearch.vlad import PCAWhitening, normalize_vlad, vlad
 
 
+# Local features a build keeps per image, so that searches verify without decoding the photos
+# again (0: none): the strongest 1,024, descriptors as product-quantised codes (quantizer.py),
+# 32 B a keypoint for SIFT (≈ 33 KiB an image) instead of 264 B in float16.
+DEFAULT_KEEP_FEATURES = 1024
+DEFAULT_FEATURE_CODES = "PQ32x7"
+
+
 @dataclass
 class BuildParams:
     """Every parameter that decides how an image becomes a vector (saved in the catalog)."""
@@ -38,12 +45,12 @@ class BuildParams:
     codebook_images: int = 500
     restarts: int = 3
     seed: int = 0
-    keep_features: int = 0            # cache the N strongest local features per image for reranking
+    keep_features: int = DEFAULT_KEEP_FEATURES  # cache the N strongest local features per image for verification
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger images are skipped as likely decompression bombs
     codes: str = ""                   # "": every vector in RAM (exact); "PCA256,PQ64": compact codes (quantizer.py)
     refine: int = 0                   # with codes: candidates re-scored exactly from the vectors on disk
     vector_dtype: str = "float32"     # how segments store vectors ("float16" halves the disk)
-    feature_codes: str = ""           # "": cached descriptors in float16; "PQ32x7": 28-byte codes (quantizer.py)
+    feature_codes: str = DEFAULT_FEATURE_CODES  # "": cached descriptors in float16; "PQ32x7": 28-byte codes
 
     def __post_init__(self) -> None:
         """Reject malformed settings before any image is read."""
@@ -58,13 +65,20 @@ class BuildParams:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BuildParams:
+        """Saved parameters; an index saved before a parameter existed gets that parameter's old behaviour
+        (an index of 0.1 kept no features, whatever builds keep now)."""
+        values = {"keep_features": 0, "feature_codes": "", **values}
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
 # Named settings (`build --preset`); docs/SCALE.md says when to switch.
 PRESETS: dict[str, dict[str, Any]] = {
-    "exact": {"codes": "", "refine": 0, "vector_dtype": "float32", "feature_codes": ""},
+    "exact": {"codes": "", "refine": 0, "vector_dtype": "float32", "feature_codes": DEFAULT_FEATURE_CODES},
     "large": {"codes": "PCA256,PQ64", "refine": 128, "vector_dtype": "float16", "feature_codes": "PQ32x7"},
+    # The same place under strong changes (docs/FEATURES.md, "Places"): learned features, exact
+    # vectors. Its candidates are verified by the matcher registered for the feature
+    # (`features.matching.verification_for`: LightGlue + fundamental matrix, MAGSAC++).
+    "places": {"features": "aliked", "clusters": 64, "codes": "", "refine": 0, "vector_dtype": "float32"},
 }
 
 
@@ -72,6 +86,14 @@ def preset_params(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return dict(PRESETS[name])
+
+
+def preset_with(name: str, **explicit: Any) -> dict[str, Any]:
+    """The preset's parameters with `explicit` ones on top; None means "not given" (the preset's
+    value, else the `Index.build` default, applies), so `--preset places --features sift` builds SIFT."""
+    params = {"features": "sift", "clusters": 64, **preset_params(name)}
+    params.update({key: value for key, value in explicit.items() if value is not None})
+    return params
 
 
 class Encoder:

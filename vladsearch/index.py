@@ -11,6 +11,7 @@ commits at once; `save` only copies an index elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sqlite3
@@ -29,6 +30,7 @@ from vladsearch.features import extractor_class
 from vladsearch.images import IMAGE_EXTENSIONS, scan_input, scan_inputs
 from vladsearch.moves import find_moves
 from vladsearch.results import SearchResult
+from vladsearch.segments import segment_dir
 from vladsearch.snapshot import Snapshot
 from vladsearch.writer import Report
 
@@ -156,13 +158,23 @@ class Index:
         """Final index vectors of images given their descriptors: n × dim float32."""
         return self.encoder.encode(descriptor_sets)
 
-    def search(self, queries: list[str | os.PathLike], top: int = 10, *, rerank: int = 0,
-               verified_only: bool = False, query_expansion: int = 0, mirrored: bool = False,
-               workers: int | None = None, progress: bool = False, nprobe: int | None = None) -> list[SearchResult]:
-        """Top-`top` database images for each query image file (or folder of them); see vladsearch.search."""
-        return search.search_index(self.encoder, self.snapshot, self.root, queries, top=top, rerank=rerank,
-                                   verified_only=verified_only, query_expansion=query_expansion, mirrored=mirrored,
-                                   workers=workers, progress=progress, nprobe=nprobe)
+    def search(self, queries: list[str | os.PathLike], top: int | None = None, *,
+               options: search.SearchOptions | None = None, workers: int | None = None, progress: bool = False,
+               verified_only: bool | None = None, **settings) -> list[SearchResult]:
+        """The answer for each query image file (or folder of them); see vladsearch.search.
+
+        Confirmed matches first (identical, copy, same scene), "not in the collection" when none;
+        `settings` override fields of `SearchOptions` (rerank=0: the plain VLAD neighbours;
+        unverified=True: the unconfirmed candidates after the confirmed ones; min_confidence, …).
+        verified_only: kept for old callers; confirmed-only is now the default.
+        """
+        options = dataclasses.replace(options or search.SearchOptions(), **settings)
+        if top is not None:
+            options.top = top
+        if verified_only:
+            options.unverified = False
+        return search.search_index(self.encoder, self.snapshot, self.root, queries, options, workers=workers,
+                                   progress=progress)
 
     def search_vectors(self, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """faiss-style search: xq nq×dim float32 -> (D nq×k scores, I nq×k image ids, -1 padded)."""
@@ -301,12 +313,24 @@ class Index:
             "weights_path": self.encoder.weights, "dim": self.encoder.dim, "counts": counts,
             "segments": [{k: s[k] for k in ("name", "vectors", "bytes")} for s in live],
             "bytes_per_image": self._bytes_per_image(live),
+            "verification_features": self._feature_cache_size(live, counts["vectors"]),
             "timings": self.timings,
             "skipped_files": [{"path": r["path"], "reason": r["reason"]}
                               for r in catalog.image_rows(table, catalog.STATUS_SKIPPED)],
             "no_keypoint_files": [r["path"] for r in catalog.image_rows(table, catalog.STATUS_NO_KEYPOINTS)],
         }
 
+
+    def _feature_cache_size(self, live: list[dict[str, Any]], vectors: int) -> dict[str, Any]:
+        """What the cached local features (for verification) cost on disk: in all and per image."""
+        total = 0
+        for segment in live:
+            if segment["features"]:
+                folder = segment_dir(self.path, segment["name"])
+                total += sum(f.stat().st_size for f in folder.glob("*.bin"))
+        return {"keypoints_per_image": self.params.keep_features,
+                "descriptors": self.params.feature_codes or "float16" if self.params.keep_features else None,
+                "bytes": total, "bytes_per_image": round(total / max(vectors, 1), 1)}
 
     def _bytes_per_image(self, live: list[dict[str, Any]]) -> dict[str, float]:
         """Marginal bytes one more image costs: in RAM (what a reader holds) and on disk (segments + catalog)."""

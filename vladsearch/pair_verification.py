@@ -58,6 +58,7 @@ class PairVerdict:
     anisotropy: float = 1.0
     skew: float = 0.0
     rotation: float = 0.0  # degrees the affine map turns a (mirrored first, if mirrored) onto b
+    spread: float = 0.0  # like occupancy, along each image's better covered axis (text: one band, wide)
 
 
 def mirrored_features(keypoints: np.ndarray, descriptors: np.ndarray) -> FeaturePair:
@@ -81,17 +82,23 @@ def band_occupancy(inlier_points: np.ndarray, all_points: np.ndarray, bins: int 
     captions are written along the image's rows (or columns, after a 90° turn).
     inlier_points M×2, all_points N×2 float -> [0, 1].
     """
+    return min(axis_occupancy(inlier_points, all_points, bins))
+
+
+def axis_occupancy(inlier_points: np.ndarray, all_points: np.ndarray,
+                   bins: int = OCCUPANCY_BINS) -> tuple[float, float]:
+    """(x, y): the fraction of keypoint-bearing column and row slices that hold an inlier (see band_occupancy)."""
     if len(inlier_points) < 3 or len(all_points) < 2:
-        return 0.0
+        return 0.0, 0.0
     low, high = all_points.min(axis=0), all_points.max(axis=0)
     if np.any(high <= low):
-        return 0.0
-    occupancy = 1.0
+        return 0.0, 0.0
+    fractions = []
     for axis in (0, 1):
         content = _slices_hit(all_points[:, axis], low[axis], high[axis], bins)
         reached = _slices_hit(inlier_points[:, axis], low[axis], high[axis], bins)
-        occupancy = min(occupancy, float((reached & content).sum()) / max(int(content.sum()), 1))
-    return occupancy
+        fractions.append(float((reached & content).sum()) / max(int(content.sum()), 1))
+    return fractions[0], fractions[1]
 
 
 def _slices_hit(values: np.ndarray, low: float, high: float, bins: int) -> np.ndarray:
@@ -234,11 +241,15 @@ def verify_pair(a: FeaturePair, b: FeaturePair, mirror: bool | str = False, min_
         if best[0] >= min_inliers:
             break
     if best_points is None or best[0] < min_inliers:
-        return (*best, 0.0, 0.0, 1.0, 0.0)
+        return (*best, 0.0, 0.0, 1.0, 0.0) + ((0.0, 0.0) if rotation else ())
     kps_a, chosen = best_points
     pa, pb = kps_a[chosen[:, 0]].astype(np.float64), b[0][chosen[:, 1]].astype(np.float64)
-    occupancy = min(band_occupancy(pa, kps_a), band_occupancy(pb, b[0]))
-    return (*best, occupancy, *affine_fit(pa, pb, angle=rotation))  # rotation: + the turn (degrees)
+    axes_a, axes_b = axis_occupancy(pa, kps_a), axis_occupancy(pb, b[0])
+    occupancy = min(*axes_a, *axes_b)
+    if not rotation:
+        return (*best, occupancy, *affine_fit(pa, pb))
+    # rotation: + the turn (degrees) and the spread (the better covered axis, in the image that covers less)
+    return (*best, occupancy, *affine_fit(pa, pb, angle=True), min(max(axes_a), max(axes_b)))
 
 
 # --- the pool ----------------------------------------------------------------------------

@@ -88,11 +88,11 @@ def shortlist_pairs(index: Index, ids: np.ndarray, top: int, shortlist: int, mod
     Ranked, not thresholded: a hard wide-baseline partner may have only 7-24 fundamental
     inliers, barely above an unrelated image's 9-17, yet still the most.
     """
-    from vladsearch.collection_knn import FeatureSource
+    from vladsearch.verification import FeatureSource
     from vladsearch.pair_verification import verify_pairs
 
     rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table) if r["segment"] is not None}
-    source = FeatureSource(index, rows, workers)
+    source = FeatureSource.of_index(index, rows, workers)
     inliers: dict[tuple[int, int], int] = {}
     out = []
     for lists in neighbour_lists(index, ids, max(top, shortlist), nprobe, block):
@@ -138,13 +138,13 @@ def image_pairs(index: Index, top: int, sequential: int = 0, verified: bool = Fa
 
 def _verified(index: Index, pairs: list[tuple[int, int]], model: str, min_inliers: int | None,
               workers: int | None) -> list[tuple[int, int]]:
-    from vladsearch.collection_knn import FeatureSource
+    from vladsearch.verification import FeatureSource
     from vladsearch.pair_verification import verify_pairs
 
     if min_inliers is None:
         min_inliers = DEFAULT_MIN_INLIERS_BY_MODEL[model]
     rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table) if r["segment"] is not None}
-    source = FeatureSource(index, rows, workers)
+    source = FeatureSource.of_index(index, rows, workers)
     kept = []
     for start in range(0, len(pairs), 4 * QUERY_BLOCK):  # bounded memory without a feature cache
         chunk = pairs[start:start + 4 * QUERY_BLOCK]

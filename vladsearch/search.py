@@ -1,4 +1,4 @@
-"""The read path: query images → VLAD → candidates → geometric rerank → query expansion.
+"""The read path: query images → VLAD → candidates → verification (the answer) → query expansion.
 
 Everything here reads one `Snapshot` (a committed state of the index) and encodes with
 the index's `Encoder`; nothing here writes.
@@ -6,9 +6,10 @@ the index's `Encoder`; nothing here writes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,14 +18,28 @@ from vladsearch.extraction import extract_images, single_blas_thread
 from vladsearch.features import capabilities
 from vladsearch.images import list_images
 from vladsearch.progress import progress_bar
+from vladsearch.rerank import DEFAULT_MIN_INLIERS, mirror_sift_descriptors
 from vladsearch.results import Match, SearchResult
 from vladsearch.snapshot import Snapshot
+from vladsearch.verification import (  # noqa: F401 - database_features: its old home
+    VERDICT_RANK,
+    VERIFY_KEYPOINTS,
+    Confirmation,
+    FeatureSource,
+    database_features,
+    file_sha1,
+    strongest,
+    verify_candidates,
+)
 
-if TYPE_CHECKING:
-    from vladsearch.features.base import Features
-
-# Keypoints per database image used for reranking when they must be re-extracted.
-RERANK_KEYPOINTS = 1024
+# Keypoints per database image used for verification (cached at build, or re-extracted).
+RERANK_KEYPOINTS = VERIFY_KEYPOINTS
+DEFAULT_TOP = 10
+# VLAD candidates verified per query by default (and as many of the mirrored query's, for SIFT).
+# On the dev sets of `benchmarks/answers.py` the true match ranks ≤ 5 (copies, rotated copies among
+# other views of their scene) and ≤ 10 (homogr's wide-baseline pairs) in the plain or the mirrored
+# list (docs/BENCHMARKS.md "Answers"); 15 leaves a margin for larger collections.
+DEFAULT_VERIFY_DEPTH = 15
 
 
 def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,28 +70,56 @@ def expand_queries(queries: list[str | os.PathLike]) -> list[tuple[str, Path]]:
     return expanded
 
 
-def search_index(encoder: Encoder, snapshot: Snapshot, root: Path, queries: list[str | os.PathLike], top: int = 10, rerank: int = 0,
-                 verified_only: bool = False, query_expansion: int = 0, workers: int | None = None,
-                 progress: bool = False, nprobe: int | None = None,
-                 min_inliers: int | None = None, mirrored: bool = False) -> list[SearchResult]:
-    """Encode each query like the database, search, then optionally rerank and expand.
+@dataclass
+class SearchOptions:
+    """How a search runs; one set of defaults for the CLI, the Python API and the server.
 
-    rerank: verify the best N candidates geometrically (see vladsearch.rerank), reading
-    database features from the snapshot's cache or from the images under `root`;
-    verified_only: keep only verified matches (needs rerank); query_expansion: αQE with
-    the N best (verified, when reranking) neighbours; nprobe: IVF lists to visit.
-
-    mirrored: when reranking SIFT/RootSIFT indexes, also verify the mirrored query, so that
-    horizontally flipped copies verify (SIFT itself is not mirror-invariant).
+    top: matches per query; rerank: VLAD candidates verified per query (0: no verification, the
+    plain VLAD neighbours as they rank); unverified: after the confirmed matches, also list the
+    candidates that were not confirmed (verified false); min_confidence: drop confirmed matches
+    below this measured precision; mirrored: also search and verify the mirrored query (None:
+    where the feature allows it, see `features.capabilities`); query_expansion: αQE with the N
+    best (confirmed) neighbours; nprobe: IVF lists to visit; min_inliers: the verification
+    threshold (None: rerank.DEFAULT_MIN_INLIERS).
     """
-    if top < 1:
-        raise ValueError(f"--top must be at least 1, got {top}")
-    if rerank < 0 or query_expansion < 0:
-        raise ValueError("--rerank and --query-expansion take a number of candidates ≥ 0")
-    if mirrored and not capabilities(encoder.params.features).mirrorable:
-        raise ValueError("--mirrored works with sift and rootsift indexes only")
-    if verified_only and not rerank:
-        raise ValueError("--verified-only needs --rerank N: only reranked matches can be verified")
+
+    top: int = DEFAULT_TOP
+    rerank: int = DEFAULT_VERIFY_DEPTH
+    unverified: bool = False
+    min_confidence: float = 0.0
+    mirrored: bool | None = None
+    query_expansion: int = 0
+    nprobe: int | None = None
+    min_inliers: int | None = None
+
+    def check(self) -> None:
+        """Reject values no search can use, with what to pass instead."""
+        if self.top < 1:
+            raise ValueError(f"--top must be at least 1, got {self.top}")
+        if self.rerank < 0 or self.query_expansion < 0:
+            raise ValueError("--rerank and --query-expansion take a number of candidates ≥ 0 (0: off)")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"--min-confidence is a precision in [0, 1], got {self.min_confidence}")
+        if self.min_confidence > 0 and not self.rerank:
+            raise ValueError("--min-confidence needs verification: drop --rerank 0")
+
+
+def search_index(encoder: Encoder, snapshot: Snapshot, root: Path, queries: list[str | os.PathLike],
+                 options: SearchOptions | None = None, workers: int | None = None,
+                 progress: bool = False) -> list[SearchResult]:
+    """Encode each query like the database, search, verify the best candidates, answer.
+
+    Each query's matches are its confirmed ones (identical, then copy, then same scene, each by
+    strength; vladsearch.verification), and with `options.unverified` the other candidates after
+    them. Database features come from the snapshot's cache, or are decoded again under `root`.
+    With `options.rerank` 0: the plain VLAD neighbours, nothing verified.
+    """
+    options = options or SearchOptions()
+    options.check()
+    mirrorable = capabilities(encoder.params.features).mirrorable
+    if options.mirrored and not mirrorable:
+        raise ValueError(f"--mirrored works with mirrorable features only (sift, rootsift), not {encoder.params.features}")
+    mirror = bool(options.rerank) and (mirrorable if options.mirrored is None else options.mirrored)
     expanded = expand_queries(queries)
     stream = extract_images([path for _, path in expanded], encoder.extractor(), encoder.params.max_side, workers,
                             max_pixels=encoder.params.max_pixels)
@@ -90,63 +133,85 @@ def search_index(encoder: Encoder, snapshot: Snapshot, root: Path, queries: list
         return results
     with single_blas_thread(encoder.extractor()):
         xq = encoder.encode([items[i].features.descriptors for i in good])
-    k = max(top, rerank)
-    D, I = snapshot.search(xq, k, nprobe)
+        xq_mirrored = (encoder.encode([mirror_sift_descriptors(items[i].features.descriptors) for i in good])
+                       if mirror else None)
+    k = max(options.top, options.rerank)
+    D, I = snapshot.search(xq, k, options.nprobe)
     names = snapshot.paths_of([int(i) for i in I.ravel() if i >= 0])
-    candidate_features: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    chunk_queries = max(1, RERANK_CANDIDATES_AT_ONCE // max(rerank, 1))
-    for row, position in enumerate(good):
+    plain = []
+    for row in range(len(good)):
         scores, ids = top_k(D[row], I[row], k)
         # An id without a name was removed by a commit after this snapshot was taken: skip it.
-        matches = [Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids) if int(i) in names]
-        if rerank:
-            if row % chunk_queries == 0:  # candidates of the next queries, fetched together
-                chunk = I[row:row + chunk_queries, :rerank].ravel()
-                wanted = [int(i) for i in set(chunk) if i >= 0]
-                candidate_features = database_features(encoder, snapshot, root, wanted, workers)
-            matches = _rerank(items[position].features, matches, rerank, min_inliers, candidate_features, mirrored)
-        if query_expansion:
-            matches = _expand(snapshot, xq[row], matches, query_expansion, k, nprobe, names)
-        if verified_only:
-            matches = [m for m in matches if m.verified]
-        results[position].matches = matches[:top]
+        plain.append([Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids) if int(i) in names])
+    if options.rerank:
+        answers = _verify_queries([items[i] for i in good], [expanded[i][1] for i in good], plain, encoder,
+                                  snapshot, root, options, xq_mirrored, mirror, workers)
+    else:
+        answers = plain
+    for row, position in enumerate(good):
+        matches = answers[row]
+        if options.query_expansion:
+            matches = _expand(snapshot, xq[row], matches, options.query_expansion, k, options.nprobe, names)
+        results[position].matches = matches[:options.top]
+        results[position].verified = bool(options.rerank)
     return results
 
 
-def _rerank(query: Features, matches: list[Match], n: int, min_inliers: int | None,
-            features: dict[int, tuple[np.ndarray, np.ndarray]], mirrored: bool = False) -> list[Match]:
-    """Verify the first n matches geometrically; verified ones move to the front.
-
-    features: database image id -> (keypoints, descriptors), as `database_features` gives.
-    """
-    from vladsearch.rerank import rerank_candidates
-
-    head, tail = matches[:n], matches[n:]
-    by_id = {m.id: m for m in head}
-    empty = (np.zeros((0, 2), np.float32), np.zeros((0, query.descriptors.shape[1]), np.float32))
-    candidates = [(m.id, *features.get(m.id, empty)) for m in head]
-    reranked = rerank_candidates(query, candidates, [m.score for m in head], min_inliers=min_inliers)
-    if mirrored:  # also try the query mirrored; keep each candidate's better verification
-        verified_ids = {r.id for r in reranked if r.verified}
-        unverified = [c for c in candidates if c[0] not in verified_ids]
-        flipped = rerank_candidates(_mirror(query), unverified, [by_id[c[0]].score for c in unverified],
-                                    min_inliers=min_inliers)
-        better = {r.id: r for r in flipped if r.verified}
-        reranked = [better.get(r.id, r) for r in reranked]
-    checked = [Match(by_id[r.id].image, r.inliers + r.vlad_score if r.verified else r.vlad_score,
-                     r.id, r.inliers, r.verified, r.vlad_score) for r in reranked]
-    checked.sort(key=lambda m: -m.score)
-    return checked + tail
-
-
-def _mirror(query: Features) -> Features:
-    """The query's SIFT features as the horizontally mirrored image would give them."""
-    from vladsearch.features.base import Features
-    from vladsearch.rerank import mirror_sift_descriptors
-
-    keypoints = query.keypoints.copy()
-    keypoints[:, 0] = query.image_size[0] - 1 - keypoints[:, 0]
-    return Features(keypoints, mirror_sift_descriptors(query.descriptors), query.scores, query.image_size)
+def _verify_queries(items: list, files: list[Path], plain: list[list[Match]], encoder: Encoder, snapshot: Snapshot,
+                    root: Path, options: SearchOptions, xq_mirrored: np.ndarray | None, mirror: bool,
+                    workers: int | None) -> list[list[Match]]:
+    """Each query's confirmed matches, best first (+ the unconfirmed candidates with `unverified`)."""
+    depth = options.rerank
+    candidates: list[dict[int, Match]] = [{m.id: m for m in matches[:depth]} for matches in plain]
+    how: dict[tuple[int, int], bool | str] = {}  # (query, candidate) -> pair_verification's `mirror` argument
+    for row, found in enumerate(candidates):
+        for image_id in found:
+            how[(-1 - row, image_id)] = False  # plain neighbours are matched as they are...
+    if xq_mirrored is not None:  # ...a flipped copy's VLAD is unrelated to its source's: search the mirror too
+        Dm, Im = snapshot.search(xq_mirrored, depth, options.nprobe)
+        names = snapshot.paths_of([int(i) for i in Im.ravel() if i >= 0])
+        for row, found in enumerate(candidates):
+            for score, image_id in zip(*top_k(Dm[row], Im[row], depth)):
+                image_id = int(image_id)
+                if image_id not in names:
+                    continue
+                pair = (-1 - row, image_id)
+                how[pair] = True if pair in how else "mirrored only"
+                if image_id not in found:
+                    found[image_id] = Match(names[image_id], float(score), image_id)
+    ids = sorted({i for found in candidates for i in found})
+    rows = snapshot.rows_of(ids)
+    source = FeatureSource(encoder, snapshot, root, rows, workers)
+    identical = set()
+    for row, (item, file) in enumerate(zip(items, files)):
+        source.add(-1 - row, strongest(item.features.keypoints, item.features.descriptors, item.features.scores))
+        digest = file_sha1(file)
+        identical.update((-1 - row, i) for i in candidates[row] if digest and rows.get(i, {}).get("sha1") == digest)
+    pairs = list(how)
+    # Without a cache, candidates are decoded again: a bounded number at once, each batch in parallel.
+    at_once = len(pairs) if source.cached else RERANK_CANDIDATES_AT_ONCE
+    confirmations: list[Confirmation] = []
+    for at in range(0, len(pairs), at_once):
+        confirmations += verify_candidates(pairs[at:at + at_once], source, how, identical, workers,
+                                           min_inliers=options.min_inliers or DEFAULT_MIN_INLIERS)
+    by_query: list[list[Match]] = [[] for _ in plain]
+    for c in confirmations:
+        row = -1 - c.a
+        match = candidates[row][c.b]
+        by_query[row].append(Match(match.image, match.score, match.id, c.inliers, c.verdict is not None,
+                                   match.score, c.verdict, c.confidence, c.mirrored))
+    answers = []
+    for row, checked in enumerate(by_query):
+        confirmed = [m for m in checked if m.verified and m.confidence >= options.min_confidence]
+        confirmed.sort(key=lambda m: (VERDICT_RANK[m.verdict], -m.inliers, -m.score))
+        if options.unverified:
+            seen = {m.id for m in confirmed}
+            rest = {m.id: m for m in checked if m.id not in seen}
+            confirmed += sorted(rest.values(), key=lambda m: -m.score)
+            confirmed += [dataclasses.replace(m, verified=False, confidence=0.0)  # beyond the verified depth
+                          for m in plain[row] if m.id not in seen and m.id not in rest]
+        answers.append(confirmed)
+    return answers
 
 
 def _expand(snapshot: Snapshot, query_vector: np.ndarray, matches: list[Match], n: int, k: int,
@@ -172,32 +237,3 @@ def _expand(snapshot: Snapshot, query_vector: np.ndarray, matches: list[Match], 
     seen = {m.id for m in keep}
     return keep + [Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids)
                    if int(i) not in seen and int(i) in names]
-
-
-def database_features(encoder: Encoder, snapshot: Snapshot, root: Path, ids: list[int],
-                      workers: int | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Local features (keypoints N×2, descriptors N×D float32) of database images.
-
-    From the feature cache when the image's segment keeps one, else by decoding the
-    image again from the photos' folder `root`.
-    """
-    rows = snapshot.rows_of(ids)
-    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    to_extract = []
-    for image_id in ids:
-        row = rows.get(image_id)
-        if row is None:
-            continue
-        cached = snapshot.cached_features(row)
-        if cached is not None:
-            found[image_id] = cached
-        else:
-            to_extract.append((image_id, Path(root) / row["path"]))
-    if to_extract:
-        stream = extract_images([path for _, path in to_extract], encoder.extractor(), encoder.params.max_side,
-                                workers, max_pixels=encoder.params.max_pixels)
-        for (image_id, _), item in zip(to_extract, stream):
-            if item.features is not None:
-                keep = np.argsort(-item.features.scores, kind="stable")[:RERANK_KEYPOINTS]
-                found[image_id] = (item.features.keypoints[keep], item.features.descriptors[keep])
-    return found

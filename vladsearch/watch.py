@@ -29,8 +29,7 @@ from pathlib import Path
 
 from vladsearch import catalog
 from vladsearch.images import is_image_file, list_images
-from vladsearch.index import Index
-from vladsearch.index import indexed_name
+from vladsearch.index import Index, indexed_name
 from vladsearch.moves import file_sha1, find_moves, indexed_file
 
 QUIET = 2.0       # seconds without a change before a batch is committed

@@ -22,6 +22,9 @@ EXTRACTORS: dict[str, tuple[str, dict[str, Any], str]] = {
     "superpoint": ("vladsearch.features.superpoint:SuperPoint", {}, "SuperPoint v1, 256-d (needs torch)"),
     "aliked": ("vladsearch.features.aliked:ALIKED", {}, "ALIKED n16, 128-d (needs torch)"),
     "disk": ("vladsearch.features.disk:DISK", {}, "DISK depth model, 128-d (needs torch and kornia)"),
+    "aliked-rot": ("vladsearch.features.aliked:ALIKED", {"model": "n16rot"},
+                   "ALIKED n16rot, 128-d, trained for in-plane rotation (needs torch)"),
+    "xfeat": ("vladsearch.features.xfeat:XFeat", {}, "XFeat, 64-d, fast on CPU (needs torch and kornia)"),
 }
 
 
@@ -33,8 +36,9 @@ class Capabilities:
     (SIFT's cell and bin permutation, `rerank.mirror_sift_descriptors`), so flipped copies are
     searched and verified without extracting again; rotation_invariant: descriptors follow the
     keypoint's orientation, so a 90° turn still matches; needs_torch: the `torch` extra;
-    matcher: how two images' descriptors are matched ("mutual-nn": mutual nearest neighbours
-    with Lowe's ratio test).
+    matcher: how two images' features are matched (`features.matching.match_features`):
+    "mutual-nn" is mutual nearest neighbours with Lowe's ratio test, "lightglue" LightGlue
+    with the weights trained for this feature, "lighterglue" XFeat's LighterGlue.
     """
 
     mirrorable: bool = False
@@ -47,8 +51,10 @@ CAPABILITIES: dict[str, Capabilities] = {
     "sift": Capabilities(mirrorable=True, rotation_invariant=True, needs_torch=False),
     "rootsift": Capabilities(mirrorable=True, rotation_invariant=True, needs_torch=False),
     "superpoint": Capabilities(),
-    "aliked": Capabilities(),
-    "disk": Capabilities(),
+    "aliked": Capabilities(matcher="lightglue"),
+    "aliked-rot": Capabilities(rotation_invariant=True, matcher="lightglue"),
+    "disk": Capabilities(matcher="lightglue"),
+    "xfeat": Capabilities(matcher="lighterglue"),
 }
 
 

@@ -27,6 +27,7 @@ from vladsearch import catalog
 from vladsearch.extraction import keep_freed_memory
 from vladsearch.images import ImageError, decode_gray
 from vladsearch.index import Index
+from vladsearch.search import SearchOptions
 from vladsearch.server.concurrency import ReadWriteLock, WorkQueue
 from vladsearch.server.errors import ServiceError
 from vladsearch.server.files import (UPLOADS, ThumbnailCache, check_indexed_name, resolve_indexed, resolve_inside,
@@ -44,17 +45,6 @@ class Limits:
     max_pixels: int = 50_000_000
     max_files: int = 64
     thumbnail_side: int = 256
-
-
-@dataclass
-class SearchOptions:
-    """The query parameters of POST /api/search, as `Index.search` takes them."""
-
-    top: int = 10
-    rerank: int = 0
-    verified_only: bool = False
-    query_expansion: int = 0
-    mirrored: bool = False
 
 
 def default_workers() -> int:
@@ -157,10 +147,7 @@ class Engine:
         """Index.search of one file on the current snapshot (hits removed since it was taken are skipped)."""
         try:
             with self.snapshot_lock.shared():
-                return self.index.search([path], top=options.top, rerank=options.rerank,
-                                         verified_only=options.verified_only,
-                                         query_expansion=options.query_expansion,
-                                         mirrored=options.mirrored, workers=1)[0]
+                return self.index.search([path], options=options, workers=1)[0]
         except ValueError as exc:
             raise ServiceError(400, str(exc)) from None
 

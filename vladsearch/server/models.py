@@ -8,19 +8,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Match(BaseModel):
-    """One database image, as `search --json` prints it (inliers, verified, vlad_score only with rerank)."""
+    """One database image, as `search --json` prints it (verdict … mirrored only when verification ran)."""
 
     image: str = Field(description="indexed path: relative to the index's root (absolute for files added from elsewhere)")
-    score: float = Field(description="cosine similarity of the VLAD vectors; after rerank, inliers + it for verified ones")
-    inliers: int | None = None
-    verified: bool | None = None
+    score: float = Field(description="cosine similarity of the VLAD vectors (the list's order is the answer's)")
+    verdict: str | None = Field(None, description='"identical", "copy", "same scene", or null: not confirmed')
+    confidence: float | None = Field(None, description="precision measured at this verdict and inlier count, [0, 1]")
+    verified: bool | None = Field(None, description="true only for a confirmed match")
+    inliers: int | None = Field(None, description="local feature matches consistent with one geometry")
     vlad_score: float | None = None
+    mirrored: bool | None = Field(None, description="confirmed with the query mirrored (a flipped copy)")
 
 
 class SearchResponse(BaseModel):
     """One element of `search --json`, plus the server-side time taken."""
 
     query: str = Field(description="the uploaded file's name")
+    answer: str | None = Field(None, description='the best verdict, or "not in the collection" (when verification ran)')
     matches: list[Match]
     error: str | None = Field(None, description="set when the query has no keypoints (matches is then empty)")
     seconds: float = Field(description="time taken by the server for this query (decode, extraction, search)")

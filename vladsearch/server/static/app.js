@@ -66,31 +66,59 @@ async function search(file) {
   $("drop-text").innerHTML = `<strong>${escapeHtml(file.name)}</strong><br>drop or click for another`;
   $("results").replaceChildren();
   setStatus(`Searching with ${file.name}…`);
-  const params = new URLSearchParams({ top: $("top").value || "12", rerank: $("rerank").value || "0" });
-  if ($("verified-only").checked) params.set("verified_only", "true");
+  // Unverified candidates always come back (after the confirmed ones); the toggle only shows or hides them.
+  const params = new URLSearchParams({ top: $("top").value || "12", unverified: "true" });
   const body = new FormData();
   body.append("image", file);
+  $("answer").hidden = true;
   try {
     const result = await (await api(`/api/search?${params}`, { method: "POST", body })).json();
     if (result.error) return setStatus(result.error, true);
-    setStatus(`${result.matches.length} matches for ${result.query} in ${(result.seconds * 1000).toFixed(0)} ms`);
+    showAnswer(result);
+    const confirmed = result.matches.filter((m) => m.verified).length;
+    setStatus(`${confirmed} confirmed, ${result.matches.length - confirmed} unverified candidates for ${result.query} `
+      + `in ${(result.seconds * 1000).toFixed(0)} ms`);
     showMatches(result.matches);
+    applyToggle();
   } catch (error) {
     setStatus(`Search failed: ${error.message}`, true);
   }
+}
+
+const VERDICT_WORDS = { identical: "Identical to", copy: "A copy of", "same scene": "The same scene as" };
+
+function verdictClass(verdict) {
+  return "verdict-" + String(verdict || "none").replace(/\s+/g, "-");
+}
+
+function showAnswer(result) {
+  const box = $("answer");
+  const best = result.matches.find((m) => m.verified);
+  box.className = "answer " + (best ? verdictClass(best.verdict) : "verdict-none");
+  box.textContent = best
+    ? `${VERDICT_WORDS[best.verdict] || "Matches"} ${best.image} (confidence ${best.confidence.toFixed(2)})`
+    : "Not in the collection: no candidate was confirmed";
+  box.hidden = false;
+}
+
+function applyToggle() {
+  const show = $("show-unverified").checked;
+  document.querySelectorAll("#results .match.unverified").forEach((item) => { item.hidden = !show; });
 }
 
 function showMatches(matches) {
   const list = $("results");
   matches.forEach((match, i) => {
     const item = document.createElement("li");
-    item.className = "match";
+    item.className = "match" + (match.verified ? "" : " unverified");
     item.tabIndex = 0;
     item.dataset.image = match.image;
-    const numbers = [`score ${match.score.toFixed(3)}`];
-    if (match.inliers !== undefined) numbers.push(`${match.inliers} inliers`);
-    item.innerHTML = `<div class="thumb"><span class="rank">${i + 1}</span>`
-      + (match.verified ? `<span class="badge">verified</span>` : "")
+    const numbers = [`similarity ${match.score.toFixed(3)}`];
+    if (match.verified) numbers.unshift(`confidence ${match.confidence.toFixed(2)}`, `${match.inliers} inliers`);
+    const badge = match.verified
+      ? `<span class="badge ${verdictClass(match.verdict)}">${escapeHtml(match.verdict)}${match.mirrored ? " (mirrored)" : ""}</span>`
+      : `<span class="badge verdict-none">unverified</span>`;
+    item.innerHTML = `<div class="thumb"><span class="rank">${i + 1}</span>${badge}`
       + `<img alt="${escapeHtml(match.image)}"></div>`
       + `<div class="meta"><div class="name" title="${escapeHtml(match.image)}">${escapeHtml(match.image)}</div>`
       + `<div class="numbers">${numbers.join(" · ")}</div></div>`;
@@ -114,11 +142,11 @@ async function compare(match, rank) {
   $("compare-query-name").textContent = `query: ${state.queryName}`;
   $("compare-match").removeAttribute("src");
   $("compare-match-name").textContent = `match ${rank}: ${match.image}`;
-  const details = [`score ${match.score.toFixed(4)}`];
-  if (match.inliers !== undefined) {
-    details.push(`${match.inliers} inliers`, match.verified ? "verified" : "not verified",
-      `VLAD similarity ${match.vlad_score.toFixed(4)}`);
-  }
+  const details = match.verified
+    ? [match.verdict + (match.mirrored ? " (mirrored)" : ""), `confidence ${match.confidence.toFixed(2)}`,
+      `${match.inliers} inliers`]
+    : ["not confirmed"];
+  details.push(`VLAD similarity ${match.score.toFixed(4)}`);
   $("compare-details").textContent = details.join(" · ");
   $("compare").showModal();
   try {
@@ -170,6 +198,7 @@ function setUp() {
     if (file) search(file);
   });
   $("add-button").addEventListener("click", addImages);
+  $("show-unverified").addEventListener("change", applyToggle);
   $("compare-close").addEventListener("click", () => $("compare").close());
   $("compare").addEventListener("click", (event) => { if (event.target === $("compare")) $("compare").close(); });
   $("token-form").addEventListener("submit", (event) => {
