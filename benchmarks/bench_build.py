@@ -12,11 +12,11 @@ as the collection grows.
 Each measurement runs in its own fresh interpreter (same imports done before the clock
 starts), so that its memory is measured alone:
 
-  baseline  vladsearch.extraction.extract_images over every image with the extractor and
+  baseline  vladsearch.features.extraction.extract_images over every image with the extractor and
             max_side the build uses, all cores; results consumed and dropped (the floor)
   build     Index.build(...) + index.save(...), with the index's own `timings`
 
-In both, vladsearch.images.decode_gray and cv2.imdecode are wrapped with counters that
+In both, vladsearch.io.images.decode_gray and cv2.imdecode are wrapped with counters that
 every worker appends to (one line per call, O_APPEND), so the run shows how many times
 each file was decoded. Memory: the peak RSS of the main process (ru_maxrss), the largest
 worker's (RUSAGE_CHILDREN) and the peak RSS and PSS of the whole process tree, sampled
@@ -131,7 +131,7 @@ def ensure_images(cache: Path, count: int, seed: int = 0) -> Path:
 
 def warm_page_cache(folder: Path) -> None:
     """Read every file once so that neither measurement pays for a cold disk."""
-    from vladsearch.images import list_images
+    from vladsearch.io.images import list_images
 
     for path in list_images(folder):
         path.read_bytes()
@@ -142,8 +142,8 @@ def _install_counters(log_path: str) -> None:
     """Count decodes in this process and in every worker forked from it (one line per call)."""
     import cv2
 
-    import vladsearch.extraction
-    import vladsearch.images
+    import vladsearch.features.extraction
+    import vladsearch.io.images
 
     def append(line: str) -> None:
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -152,8 +152,8 @@ def _install_counters(log_path: str) -> None:
         finally:
             os.close(fd)
 
-    original_decode, original_imdecode = vladsearch.images.decode_gray, cv2.imdecode
-    original_load = vladsearch.extraction.load_image
+    original_decode, original_imdecode = vladsearch.io.images.decode_gray, cv2.imdecode
+    original_load = vladsearch.features.extraction.load_image
 
     def decode_gray(data, *args, **kwargs):
         append("decode_gray")
@@ -167,9 +167,9 @@ def _install_counters(log_path: str) -> None:
         append(f"load\t{os.fspath(path)}")
         return original_load(path, *args, **kwargs)
 
-    vladsearch.images.decode_gray = decode_gray
-    vladsearch.images.cv2.imdecode = imdecode  # vladsearch.images calls cv2.imdecode through the module
-    vladsearch.extraction.load_image = load_image
+    vladsearch.io.images.decode_gray = decode_gray
+    vladsearch.io.images.cv2.imdecode = imdecode  # vladsearch.io.images calls cv2.imdecode through the module
+    vladsearch.features.extraction.load_image = load_image
 
 
 def _decode_counts(log_path: str) -> dict:
@@ -201,8 +201,8 @@ def _measure(spec: dict) -> dict:
 
     import vladsearch.index  # noqa: F401
     from vladsearch import Index
-    from vladsearch.extraction import extract_images
-    from vladsearch.images import list_images
+    from vladsearch.features.extraction import extract_images
+    from vladsearch.io.images import list_images
 
     if spec["profile"]:
         import cProfile
@@ -217,7 +217,7 @@ def _measure(spec: dict) -> dict:
         profiler.enable()
     if spec["what"] == "baseline":
         # The same extractor and max_side as Index.build (BuildParams defaults + our options).
-        from vladsearch.encoder import BuildParams, Encoder
+        from vladsearch.encoding.encoder import BuildParams, Encoder
 
         probe = Encoder(BuildParams(features=spec["features"], clusters=spec["clusters"], **spec["params"]),
                         weights=spec["weights"])

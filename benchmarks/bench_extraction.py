@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vladsearch.extraction import default_workers, extract_images
 from vladsearch.features import get_extractor
-from vladsearch.images import load_image
+from vladsearch.features.extraction import default_workers, extract_images
+from vladsearch.io.images import load_image
 
 
 def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:

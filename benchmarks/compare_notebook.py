@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             generate_images(images_dir, args.generate, args.seed)
             print(f"generated {args.generate} images in {images_dir} ({time.perf_counter() - start:.1f} s)")
-        from vladsearch.images import list_images
+        from vladsearch.io.images import list_images
 
         images = [str(p) for p in list_images(images_dir)]
         if not images:

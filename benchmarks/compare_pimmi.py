@@ -3,14 +3,14 @@
     python benchmarks/compare_pimmi.py DATASET_DIR [--features sift,rootsift] [--rerank 20,50,100]
         [--qe 3] [--pimmi /work/pimmi-venv/bin/pimmi] [--distractors DIR] [--json OUT.json]
 
-DATASET_DIR is in any layout `vladsearch.datasets.load_dataset` reads (ours: images/,
+DATASET_DIR is in any layout `vladsearch.evaluation.datasets.load_dataset` reads (ours: images/,
 queries/, gt.json). Both systems index the same database images and run the same query
 files (bounding-box crops for revisited Oxford/Paris, as `vladsearch evaluate` does); both
-rankings are scored by `vladsearch.metrics` with the dataset's AP rule.
+rankings are scored by `vladsearch.evaluation.metrics` with the dataset's AP rule.
 
 vladsearch: one index per feature type is built with the feature cache (keep_features=1024,
 so reranking never re-decodes the database) and reused by every setting through
-`vladsearch.evaluate.evaluate(..., index_dir=...)`; the whole database is ranked.
+`vladsearch.evaluation.evaluate.evaluate(..., index_dir=...)`; the whole database is ranked.
 
 PIMMI (médialab Sciences Po; SIFT + faiss IVF + RANSAC, https://github.com/nrv/pimmi) runs
 in its own virtual environment: `pimmi fill` (its CLI) indexes a staging copy of the
@@ -53,11 +53,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from vladsearch.datasets import load_dataset
-from vladsearch.evaluate import PROTOCOL_INTERPOLATION, _query_files, evaluate
-from vladsearch.images import list_images
-from vladsearch.metrics import score_query, summarize
-from vladsearch.rerank import DEFAULT_MIN_INLIERS
+from vladsearch.evaluation.datasets import load_dataset
+from vladsearch.evaluation.evaluate import PROTOCOL_INTERPOLATION, _query_files, evaluate
+from vladsearch.evaluation.metrics import score_query, summarize
+from vladsearch.io.images import list_images
+from vladsearch.query.rerank import DEFAULT_MIN_INLIERS
 
 DEFAULT_PIMMI = "/work/pimmi-venv/bin/pimmi"
 

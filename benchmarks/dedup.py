@@ -411,7 +411,7 @@ def grouping_sweep(root: Path, affines: tuple[float, ...] = (0.9, 0.93, 0.95),
     """Pairwise F1 of `find_duplicates` by affine threshold and grouping (None: components;
     L: keep, with `min_links` L) on root/copies and root/distinct (built by those modes).
     Each pair is verified once per collection; only the grouping is redone."""
-    from vladsearch import duplicates
+    from vladsearch.collection import duplicates
     from vladsearch.index import Index
 
     cache: dict = {}

@@ -43,7 +43,8 @@ sys.path.insert(0, str(PROJECT / "tests"))
 
 from live_helpers import make_images
 
-from vladsearch import Index, catalog, segments, writer
+from vladsearch import Index
+from vladsearch.store import catalog, segments, writer
 
 ENV = {**os.environ, "PYTHONPATH": str(PROJECT)}
 

@@ -14,7 +14,7 @@ pixel for pixel). Corridor's 160×120 video frames are left out of the copy benc
 neighbours are near-identical frames that the copy ground truth would count as wrong.
 
 For each dataset × features × clusters × normalisation it calls
-`vladsearch.evaluate.evaluate(...)` (full ranking, step AP) with the build parameters
+`vladsearch.evaluation.evaluate.evaluate(...)` (full ranking, step AP) with the build parameters
 
     plain         power 0.5, no intra-normalisation, no PCA  (the research notebook's VLAD)
     intra         power 0.5 + intra-normalisation            (the index default)
@@ -68,7 +68,7 @@ COPY_GROUPS = ("exact", "rescale", "crop", "rotate", "overlay", "flipcrop")
 
 # --- extraction cache --------------------------------------------------------------
 class ExtractionCache:
-    """Memoise `vladsearch.extraction.extract_images` per (extractor config, max_side, file).
+    """Memoise `vladsearch.features.extraction.extract_images` per (extractor config, max_side, file).
 
     Index.build and Index.search extract the same images again for every cluster count and
     normalisation; extraction does not depend on either, so each image is extracted once.
@@ -77,8 +77,8 @@ class ExtractionCache:
 
     def __init__(self) -> None:
         import vladsearch.index
-        import vladsearch.search  # noqa: F401
-        from vladsearch import extraction
+        import vladsearch.query.search  # noqa: F401
+        from vladsearch.features import extraction
 
         self.original = extraction.extract_images
         self.memo: dict[tuple, Any] = {}
@@ -211,7 +211,7 @@ def machine_description() -> str:
 
 def run_one(dataset: Path, name: str, features: str, clusters: int, norm: str, pca: int,
             workers: int | None, max_side: int | None) -> dict[str, Any]:
-    from vladsearch.evaluate import evaluate
+    from vladsearch.evaluation.evaluate import evaluate
 
     params = dict(NORMS[norm])
     if params.get("pca") is None:

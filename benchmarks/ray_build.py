@@ -65,7 +65,8 @@ def build(photos: Path, index: Path, *options: str) -> tuple[float, dict]:
 
 def max_difference(a: Path, b: Path) -> float:
     """Largest absolute difference between the two indexes' vectors of the same image (inf: other images)."""
-    from vladsearch import Index, catalog
+    from vladsearch import Index
+    from vladsearch.store import catalog
 
     def vectors(path: Path) -> dict[str, np.ndarray]:
         index = Index.open(path)

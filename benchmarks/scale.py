@@ -50,10 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_description, source_photos
 from make_copy_benchmark import crop, flipcrop, rescale, rotate
 
-from vladsearch import Index, catalog, segments, writer
-from vladsearch.encoder import Encoder, preset_params
-from vladsearch.extraction import extract_images
-from vladsearch.images import list_images
+from vladsearch import Index
+from vladsearch.encoding.encoder import Encoder, preset_params
+from vladsearch.features.extraction import extract_images
+from vladsearch.io.images import list_images
+from vladsearch.store import catalog, orchestrator, segments, writer
 
 SHARED = PROJECT.parent / "shared" / "data"
 SKIMAGE = ("astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
@@ -137,7 +138,7 @@ def write_large_index(target: Path, source: Index, real: np.ndarray, real_names:
                                  "segment": seg.name, "row": first + k})
                 written += n
             staged.append(seg.finish())
-        encoder.coder = writer.train_codes(encoder, staged)
+        encoder.coder = orchestrator.train_codes(encoder, staged)
         meta = {**writer.build_meta(encoder, target, source.root), "next_id": 0}
         writer.commit(target, staged, rows, writer.Report(), "build",
                       replace={"meta": meta, "blobs": {**encoder.blobs(), "template.faiss": None}})

@@ -5,7 +5,7 @@
 
 Vectors are random unit vectors (Gaussian, L2-normalised) of the dimension of a VLAD vector
 with K=64 clusters of 128-d SIFT descriptors (8192) and of the same after PCA to 256. They
-go into `vladsearch.index_backend.FaissBackend` exactly as `Index` uses it (inner product,
+go into `vladsearch.store.index_backend.FaissBackend` exactly as `Index` uses it (inner product,
 ids), for exact search ("Flat") and an IVF/PQ factory sized to the collection
 (about 4·√n lists: IVF128,PQ32np for 1k, IVF512,PQ32np for 10k, IVF1024,PQ32np for 100k;
 --nprobe lists visited, default 16; "np" skips polysemous training, see `ivf_factory`).
@@ -47,7 +47,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from common import cpu_description
 
-from vladsearch.index_backend import FaissBackend
+from vladsearch.store.index_backend import FaissBackend
 
 CHUNK = 10_000
 

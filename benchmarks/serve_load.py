@@ -71,7 +71,7 @@ def in_process_floor(index_dir: Path, queries: list[tuple[str, Path]], rerank: i
     import cv2
 
     from vladsearch import Index
-    from vladsearch.images import load_image
+    from vladsearch.io.images import load_image
 
     index = Index.open(index_dir)
     extractor = index.encoder.extractor()

@@ -1,6 +1,6 @@
 """Measure inlier counts of geometric verification on unrelated and on true image pairs.
 
-The verification threshold (vladsearch.rerank.DEFAULT_MIN_INLIERS) must give no false
+The verification threshold (vladsearch.query.rerank.DEFAULT_MIN_INLIERS) must give no false
 verification on unrelated photographs, with margin, while keeping true pairs. This
 script prints both distributions and, for a range of thresholds, the false
 verifications and the recall of true pairs.
@@ -27,8 +27,13 @@ import cv2
 import numpy as np
 
 from vladsearch.features import get_extractor
-from vladsearch.images import load_image
-from vladsearch.rerank import DEFAULT_MIN_INLIERS_BY_MODEL, DEFAULT_THRESHOLD_PX, match_descriptors, verify_matches
+from vladsearch.io.images import load_image
+from vladsearch.query.rerank import (
+    DEFAULT_MIN_INLIERS_BY_MODEL,
+    DEFAULT_THRESHOLD_PX,
+    match_descriptors,
+    verify_matches,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # chelsea is cat (the same photograph), so only one of them.

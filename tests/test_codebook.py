@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vladsearch.codebook import Codebook, DescriptorSample
+from vladsearch.encoding.codebook import Codebook, DescriptorSample
 
 
 def test_kmeans_recovers_separated_clusters():

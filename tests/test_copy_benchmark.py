@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vladsearch.datasets import load_dataset
+from vladsearch.evaluation.datasets import load_dataset
 
 data = pytest.importorskip("skimage.data", reason="scikit-image provides the test photographs")
 
@@ -116,10 +116,10 @@ def test_main_with_more_queries_than_photos(photos, tmp_path, capsys):
 
 
 def test_evaluate_on_copy_benchmark(bench, tmp_path, capsys):
-    """End to end: the generated benchmark, evaluated by vladsearch.evaluate (build, then reuse)."""
+    """End to end: the generated benchmark, evaluated by vladsearch.evaluation.evaluate (build, then reuse)."""
     import argparse
 
-    from vladsearch.evaluate import add_cli, evaluate
+    from vladsearch.evaluation.evaluate import add_cli, evaluate
 
     index_dir = tmp_path / "bench.vlad"
     result = evaluate(bench, clusters=8, index_dir=index_dir, progress=False, workers=1, details=True)

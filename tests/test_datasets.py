@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vladsearch.datasets import load_dataset, safe_load_pickle
+from vladsearch.evaluation.datasets import load_dataset, safe_load_pickle
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
 
@@ -206,7 +206,7 @@ def test_evaluate_revisited_crops_queries_and_drops_non_database_images(tmp_path
     """The query is searched by its bbox crop, and the query photo (indexed from jpg/) is not scored."""
     import cv2
 
-    from vladsearch.evaluate import evaluate
+    from vladsearch.evaluation.evaluate import evaluate
 
     skdata = pytest.importorskip("skimage.data", reason="scikit-image provides the test photographs")
     (tmp_path / "jpg").mkdir()

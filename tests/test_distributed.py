@@ -22,8 +22,10 @@ from live_helpers import cli, info, make_images, popen_cli
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "vladsearch[ray]"')
 pytest.importorskip("ray.data", reason='Ray Data is not installed: pip install "vladsearch[ray]"')
 
-from vladsearch import Index, catalog, distributed
-from vladsearch.check import check_index
+from vladsearch import Index
+from vladsearch.executors import ray as ray_executor
+from vladsearch.store import catalog
+from vladsearch.store.check import check_index
 
 SMALL = {"features": "sift", "clusters": 8, "codebook_images": 8, "seed": 5}
 RAY_NAMES = ("raylet", "gcs_server", "ray::", "ray/_private", "ray/dashboard", "default_worker.py")
@@ -92,7 +94,7 @@ def test_ray_build_gives_the_local_vectors(ray_session, photos, tmp_path):
     (PCA-whitened too), the same files skipped by name."""
     params = {**SMALL, "codebook_images": 12, "pca": 8}
     local = Index.build(photos, index=tmp_path / "local.vlad", workers=2, progress=False, **params)
-    remote = distributed.build_index(photos, index=tmp_path / "ray.vlad", progress=False, **params)
+    remote = ray_executor.build_index(photos, index=tmp_path / "ray.vlad", progress=False, **params)
     assert_same_index(local, remote)
     assert ("broken.jpg", "not an image file (unrecognised format)") in remote.report.skipped
     assert remote.report.no_keypoints == ["flat.png"]
@@ -112,7 +114,7 @@ def test_ray_add_commits_the_vectors_a_local_add_would(ray_session, photos, tmp_
         built[name] = Index.build(photos, index=tmp_path / f"{name}.vlad", workers=2, progress=False,
                                   keep_features=64, **SMALL)
     built["local"].add([tmp_path / "new"], workers=2, progress=False)
-    report = distributed.add_images(built["ray"], [tmp_path / "new"], progress=False)
+    report = ray_executor.add_images(built["ray"], [tmp_path / "new"], progress=False)
     assert report.indexed == 6 and report.segments >= 1
     assert_same_index(built["local"], built["ray"])
     assert info(tmp_path / "ray.vlad")["commits"] == info(tmp_path / "local.vlad")["commits"]
@@ -120,15 +122,15 @@ def test_ray_add_commits_the_vectors_a_local_add_would(ray_session, photos, tmp_
     query = tmp_path / "new" / "img_9_002.jpg"
     [result] = Index.open(tmp_path / "ray.vlad").search([query], top=1, rerank=5)
     assert result.matches[0].image.endswith("img_9_002.jpg") and result.matches[0].verified
-    again = distributed.add_images(Index.open(tmp_path / "ray.vlad"), [tmp_path / "new"], progress=False)
+    again = ray_executor.add_images(Index.open(tmp_path / "ray.vlad"), [tmp_path / "new"], progress=False)
     assert again.indexed == 0 and again.unchanged == 6
 
 
 def test_a_ray_add_that_merges_a_large_preset_index_keeps_it_sound(ray_session, photos, tmp_path):
     """The merge a Ray add triggers is the local one: on a --preset large index (float16
     vectors, compact codes) it rewrites the segments it should, and check and search agree."""
-    from vladsearch.compaction import MERGE_FACTOR
-    from vladsearch.encoder import preset_params
+    from vladsearch.encoding.encoder import preset_params
+    from vladsearch.store.compaction import MERGE_FACTOR
 
     index_dir = tmp_path / "large.vlad"
     index = Index.build(photos, index=index_dir, workers=2, progress=False, **{**SMALL, **preset_params("large")})
@@ -138,7 +140,7 @@ def test_a_ray_add_that_merges_a_large_preset_index_keeps_it_sound(ray_session, 
         index.add([image], workers=1, progress=False, merge=False)
     before = info(index_dir)
     assert before["counts"]["segments"] == MERGE_FACTOR
-    report = distributed.add_images(index, [new[-1]], progress=False)  # the tenth small segment: a merge
+    report = ray_executor.add_images(index, [new[-1]], progress=False)  # the tenth small segment: a merge
     assert report.indexed == 1 and report.segments == 1
     after = info(index_dir)
     assert after["commits"] == before["commits"] + 2  # the add and its merge
@@ -152,7 +154,7 @@ def test_a_ray_add_that_merges_a_large_preset_index_keeps_it_sound(ray_session, 
         assert result.matches[0].image == name
 
 
-class FailingEncoder(distributed.SegmentEncoder):
+class FailingEncoder(ray_executor.SegmentEncoder):
     """A worker that fails on the batches holding images of more/ or img_1_012.jpg (shipped by value)."""
 
     def __call__(self, batch):
@@ -166,18 +168,18 @@ def test_a_failing_worker_leaves_the_last_commit(ray_session, photos, tmp_path, 
     index_dir = tmp_path / "x.vlad"
     Index.build(photos / "more", index=index_dir, workers=2, progress=False, **SMALL)
     before = info(index_dir)
-    original = distributed._map
+    original = ray_executor._map
 
     def failing_map(ray_module, items, worker, *args, **kwargs):
-        return original(ray_module, items, FailingEncoder if worker is distributed.SegmentEncoder else worker,
+        return original(ray_module, items, FailingEncoder if worker is ray_executor.SegmentEncoder else worker,
                         *args, **kwargs)
 
-    monkeypatch.setattr(distributed, "_map", failing_map)
-    monkeypatch.setattr(distributed, "MIN_BATCH", 4)
+    monkeypatch.setattr(ray_executor, "_map", failing_map)
+    monkeypatch.setattr(ray_executor, "MIN_BATCH", 4)
     with pytest.raises(RuntimeError, match="simulated worker failure.*nothing was committed"):
-        distributed.build_index(photos, index=index_dir, force=True, progress=False, **SMALL)
+        ray_executor.build_index(photos, index=index_dir, force=True, progress=False, **SMALL)
     with pytest.raises(RuntimeError, match="simulated worker failure.*nothing was committed"):
-        distributed.add_images(Index.open(index_dir), [photos], progress=False)
+        ray_executor.add_images(Index.open(index_dir), [photos], progress=False)
     after = info(index_dir)
     assert (after["commits"], after["counts"], after["segments"]) == \
         (before["commits"], before["counts"], before["segments"])

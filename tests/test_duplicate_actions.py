@@ -17,9 +17,9 @@ import pytest
 from conftest import photo
 from live_helpers import PROJECT, cli
 
-from vladsearch import file_moves
-from vladsearch.keep_choice import keep_order, orientation_ranks
-from vladsearch.pair_verification import PairVerdict
+from vladsearch.collection import file_moves
+from vladsearch.collection.keep_choice import keep_order, orientation_ranks
+from vladsearch.query.pair_verification import PairVerdict
 
 EDITS = {  # path under photos/ -> how it is made from its source
     "2019/coffee.jpg": ("coffee", None), "2019/astronaut.jpg": ("astronaut", None),
@@ -157,8 +157,8 @@ def test_an_existing_target_is_never_overwritten(own):
 
 KILLER = """
 import os, signal, sys
-import vladsearch.duplicate_actions as actions
-import vladsearch.file_moves as moves
+import vladsearch.collection.duplicate_actions as actions
+import vladsearch.collection.file_moves as moves
 actions.BATCH = int(os.environ["TEST_BATCH"])
 real, done = moves.move_file, []
 def dying(source, target, sha1=None):
@@ -357,8 +357,8 @@ def test_a_verdict_knows_the_quarter_turns_and_the_mirror():
     pytest.importorskip("skimage")
     import numpy as np
 
-    from vladsearch.keep_choice import pair_turn
-    from vladsearch.pair_verification import verify_pair
+    from vladsearch.collection.keep_choice import pair_turn
+    from vladsearch.query.pair_verification import verify_pair
 
     sift = cv2.SIFT_create(1024)
 
@@ -381,7 +381,7 @@ def test_one_process_at_a_time_acts_on_a_manifest(tmp_path):
 
     manifest = tmp_path / "dups" / "moves.json"
     with file_moves.manifest_lock(manifest):
-        child = subprocess.run([sys.executable, "-c", "import sys, vladsearch.file_moves as m\n"
+        child = subprocess.run([sys.executable, "-c", "import sys, vladsearch.collection.file_moves as m\n"
                                 "try:\n    m.manifest_lock(sys.argv[1]).__enter__()\n"
                                 "except ValueError as e:\n    print(e); sys.exit(3)", str(manifest)],
                                env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True)

@@ -13,8 +13,8 @@ import pytest
 from conftest import photo, shared_path
 from live_helpers import cli
 
-from vladsearch.duplicates import connected_components, keep_order, split_around_keep
-from vladsearch.pair_verification import band_occupancy, verify_pair
+from vladsearch.collection.duplicates import connected_components, keep_order, split_around_keep
+from vladsearch.query.pair_verification import band_occupancy, verify_pair
 
 
 def _caption(image: np.ndarray, text: str = "BREAKING NEWS") -> np.ndarray:
@@ -299,8 +299,8 @@ def test_binary_code_search_finds_what_the_exact_index_finds(collection):
     tolerance, every neighbour that beats the rest by a stated margin is found, and the
     groups are the same. Nothing about the order of near-ties (byte-identical copies tie
     exactly, and float rounding differs between CPUs)."""
-    from vladsearch.collection_knn import CollectionSearch
-    from vladsearch.duplicates import find_duplicates
+    from vladsearch.collection.duplicates import find_duplicates
+    from vladsearch.collection.knn import CollectionSearch
     from vladsearch.index import Index
 
     index = Index.open(collection[0])
@@ -340,9 +340,9 @@ def test_binary_code_search_finds_what_the_exact_index_finds(collection):
 def test_skipping_hopeless_fits_keeps_every_verdict(collection):
     """counts=False (duplicates) fits no model to a side with fewer tentative matches than the
     inliers it needs: the verdict (copy or not) is the same as with every fit done."""
-    from vladsearch import catalog
     from vladsearch.index import Index
-    from vladsearch.pair_verification import verify_pairs
+    from vladsearch.query.pair_verification import verify_pairs
+    from vladsearch.store import catalog
 
     index = Index.open(collection[0])
     rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table)}
@@ -360,9 +360,9 @@ def test_skipping_hopeless_fits_keeps_every_verdict(collection):
 
 
 def test_cached_features_read_only_the_screened_head_until_all_are_needed(collection):
-    from vladsearch import catalog
-    from vladsearch.verification import CachedFeatures, FeatureSource
     from vladsearch.index import Index
+    from vladsearch.query.verification import CachedFeatures, FeatureSource
+    from vladsearch.store import catalog
 
     index = Index.open(collection[0])
     rows = {r["id"]: r for r in catalog.image_rows(index.snapshot.table)}

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
 
-    from vladsearch.extraction import extract_images
+    from vladsearch.features.extraction import extract_images
     from vladsearch.features import get_extractor
 
     if sys.argv[2] == "poll":  # the fallback of platforms without prctl: a thread polling getppid()

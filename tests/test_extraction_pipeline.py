@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from vladsearch.codebook import Codebook
-from vladsearch.extraction import WorkerEncoding, extract_images
+from vladsearch.encoding.codebook import Codebook
+from vladsearch.encoding.vlad import RawVLAD, vlad
 from vladsearch.features import get_extractor
+from vladsearch.features.extraction import WorkerEncoding, extract_images
 from vladsearch.features.sift import SIFT
-from vladsearch.vlad import RawVLAD, vlad
 
 CRASH_SIZE = (57, 61)  # (height, width) of the image that kills the process extracting it
 

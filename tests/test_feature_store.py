@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vladsearch.feature_store import FeatureStore, bytes_per_image
 from vladsearch.features import Features
+from vladsearch.store.feature_store import FeatureStore, bytes_per_image
 
 
 def random_features(n: int, dim: int = 16, seed: int = 0) -> Features:

@@ -7,8 +7,9 @@ import cv2
 import pytest
 from conftest import photo
 
-from vladsearch import Index, catalog
-from vladsearch.check import check_index
+from vladsearch import Index
+from vladsearch.store import catalog
+from vladsearch.store.check import check_index
 
 FIXTURE = Path(__file__).parent / "data" / "format1.vlad"
 NAMES = ["coffee", "rocket", "chelsea", "astronaut", "camera"]

@@ -20,7 +20,7 @@ from conftest import photo
 from live_helpers import PROJECT
 
 from vladsearch.cli import main
-from vladsearch.images import decode_gray, load_image, scan_folder
+from vladsearch.io.images import decode_gray, load_image, scan_folder
 
 pytest.importorskip("skimage")
 pillow_heif = pytest.importorskip("pillow_heif", reason='HEIC needs the extra: pip install ".[formats]"')
@@ -246,7 +246,7 @@ def test_without_the_extra_each_file_names_the_install_line(tmp_path):
 
 
 def test_without_an_avif_reader_the_reason_says_what_to_install(monkeypatch):
-    from vladsearch import image_formats
+    from vladsearch.io import image_formats
 
     avif = bytes.fromhex("0000001c66747970") + b"avif" + bytes(4) + b"avifmif1miaf"
     monkeypatch.setattr(features, "check", lambda name: False)

@@ -6,7 +6,7 @@ import pytest
 from conftest import photo
 from PIL import Image
 
-from vladsearch.images import ImageError, list_images, load_image
+from vladsearch.io.images import ImageError, list_images, load_image
 
 
 @pytest.fixture

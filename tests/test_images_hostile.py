@@ -16,7 +16,7 @@ import pytest
 from conftest import photo
 from PIL import Image
 
-from vladsearch.images import DEFAULT_MAX_PIXELS, MAX_PIXELS, ImageError, list_images, load_image
+from vladsearch.io.images import DEFAULT_MAX_PIXELS, MAX_PIXELS, ImageError, list_images, load_image
 
 symlinks = pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="needs symlinks")
 
@@ -110,7 +110,7 @@ def test_png_bomb_is_refused_from_its_header_in_bounded_time_and_memory(tmp_path
         Image.open(tmp_path / "bomb.png")  # reads the header, and refuses it at its own (global) limit
     script = textwrap.dedent("""
         import resource, sys, time
-        from vladsearch.images import ImageError, load_image
+        from vladsearch.io.images import ImageError, load_image
         started = time.perf_counter()
         try:
             load_image(sys.argv[1])

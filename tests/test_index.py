@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from conftest import PHOTO_NAMES, photo, shared_path
 
-from vladsearch import Index, catalog
-from vladsearch.catalog import IndexFormatError
+from vladsearch import Index
+from vladsearch.store import catalog
+from vladsearch.store.catalog import IndexFormatError
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vladsearch.index_backend import FaissBackend
+from vladsearch.store.index_backend import FaissBackend
 
 
 def _unit(rows, dim, seed):

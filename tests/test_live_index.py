@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from live_helpers import PROJECT, alive, children_of, cli, descendants_of, info, make_images, popen_cli
 
-from vladsearch import Index, catalog, segments
-from vladsearch.catalog import IndexDamagedError, IndexFormatError
-from vladsearch.check import check_index
+from vladsearch import Index
+from vladsearch.store import catalog, segments
+from vladsearch.store.catalog import IndexDamagedError, IndexFormatError
+from vladsearch.store.check import check_index
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vladsearch.metrics import average_precision, query_group, recall_at_k, score_query, summarize
+from vladsearch.evaluation.metrics import average_precision, query_group, recall_at_k, score_query, summarize
 
 
 def oxford_compute_ap(positives, ignore, ranked):

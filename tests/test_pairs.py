@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from live_helpers import cli, make_images
 
-from vladsearch.pairs import sequential_pairs, unique_pairs
+from vladsearch.collection.pairs import sequential_pairs, unique_pairs
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_pycolmap_reads_the_file(frames, tmp_path):
 
 
 def test_shortlist_reranks_by_inliers_then_vlad_order():
-    from vladsearch.pairs import verified_first
+    from vladsearch.collection.pairs import verified_first
 
     inliers = {(1, 5): 40, (1, 7): 12, (1, 3): 0}
     # VLAD order 2, 3, 5, 7, 9: the verified 5 and 7 come first (most inliers first), then VLAD order

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vladsearch.features import Features, get_extractor
-from vladsearch.rerank import (
+from vladsearch.query.rerank import (
     DEFAULT_MIN_INLIERS,
     RerankedMatch,
     average_query_expansion,

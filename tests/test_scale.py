@@ -5,9 +5,9 @@ import pytest
 from conftest import PHOTO_NAMES
 
 from vladsearch import Index
-from vladsearch.check import check_index
-from vladsearch.encoder import preset_params
-from vladsearch.quantizer import CoarseCodes, randomized_pca
+from vladsearch.encoding.compact_codes import CoarseCodes, randomized_pca
+from vladsearch.encoding.encoder import preset_params
+from vladsearch.store.check import check_index
 
 
 def test_randomized_pca_finds_the_principal_subspace():
@@ -74,7 +74,7 @@ def test_large_preset_keeps_ram_small_and_stays_live(large, photo_dir, tmp_path)
 
 
 def test_compact_feature_cache_verifies_like_the_float16_one(photo_dir, tmp_path):
-    from vladsearch.feature_store import FeatureStore
+    from vladsearch.store.feature_store import FeatureStore
 
     full = Index.build(photo_dir, index=tmp_path / "full.vlad", clusters=16, keep_features=1024, progress=False)
     compact = Index.build(photo_dir, index=tmp_path / "pq.vlad", clusters=16, keep_features=1024,
@@ -98,7 +98,7 @@ def test_whole_collection_knn_of_a_large_index_reads_its_float16_vectors(large, 
     """`duplicates --knn codes` (and "auto" above 5,000 images) builds binary codes from the
     stored vectors of a large index (float16 on disk): those must be the image's vectors (as an
     exact build computes them), and its codes must find what the index finds."""
-    from vladsearch.collection_knn import CollectionSearch
+    from vladsearch.collection.knn import CollectionSearch
 
     ids = np.array(sorted(int(i) for i in large.snapshot.loaded_ids), np.int64)
     exact = Index.build(photo_dir, clusters=16, progress=False, workers=2)

@@ -153,7 +153,7 @@ def test_search_arguments_are_checked(indexes, capsys):
 
 def test_mirror_permutation_matches_sift_on_a_flipped_photo():
     from vladsearch.features import get_extractor
-    from vladsearch.rerank import match_descriptors, mirror_sift_descriptors
+    from vladsearch.query.rerank import match_descriptors, mirror_sift_descriptors
 
     gray = cv2.cvtColor(photo("astronaut"), cv2.COLOR_BGR2GRAY)
     sift = get_extractor("sift", max_keypoints=1000)

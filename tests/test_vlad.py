@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vladsearch.vlad import PCAWhitening, intra_normalize, normalize_vlad, power_normalize, vlad
+from vladsearch.encoding.vlad import PCAWhitening, intra_normalize, normalize_vlad, power_normalize, vlad
 
 
 def notebook_vlad(descriptors, centroids, labels):

@@ -18,8 +18,8 @@ from conftest import photo
 from live_helpers import PROJECT, cli
 
 from vladsearch import Index
-from vladsearch.watch import Watcher
-from vladsearch.watch_events import INSTALL, PollSource, open_source
+from vladsearch.live.events import INSTALL, PollSource, open_source
+from vladsearch.live.watcher import Watcher
 
 START = ["camera", "coins", "moon", "page"]
 ARRIVING = ["astronaut", "chelsea", "clock", "coffee", "rocket", "text", "brick"]
@@ -181,7 +181,7 @@ def test_a_touched_file_is_not_encoded_again_and_hidden_or_index_files_are_ignor
 
 
 def test_a_network_file_system_is_polled(tmp_path, monkeypatch):
-    from vladsearch import watch_events
+    from vladsearch.live import events as watch_events
 
     if sys.platform.startswith("linux"):
         assert watch_events.filesystem_type(tmp_path)  # /proc/mounts names the file system holding it

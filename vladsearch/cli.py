@@ -9,14 +9,14 @@ import os
 import sys
 import warnings
 
-from vladsearch import __version__
-from vladsearch.arguments import non_negative_int, positive_int
-from vladsearch.distributed import executor_report
-from vladsearch.encoder import DEFAULT_FEATURE_CODES, DEFAULT_KEEP_FEATURES, PRESETS, preset_with
+from vladsearch.encoding.encoder import DEFAULT_FEATURE_CODES, DEFAULT_KEEP_FEATURES, PRESETS, preset_with
+from vladsearch.executors.ray import executor_report
 from vladsearch.features import EXTRACTORS
-from vladsearch.images import DEFAULT_MAX_PIXELS
-from vladsearch.results import results_to_csv, results_to_json, results_to_table
-from vladsearch.search import DEFAULT_TOP, DEFAULT_VERIFY_DEPTH, SearchOptions
+from vladsearch.io.arguments import non_negative_int, positive_int
+from vladsearch.io.images import DEFAULT_MAX_PIXELS
+from vladsearch.query.results import results_to_csv, results_to_json, results_to_table
+from vladsearch.query.search import DEFAULT_TOP, DEFAULT_VERIFY_DEPTH, SearchOptions
+from vladsearch.version import __version__
 
 EPILOG = """examples:
   vladsearch build photos/ --index photos.vlad
@@ -162,18 +162,19 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("index", metavar="INDEX")
     info.add_argument("--json", action="store_true")
 
-    from vladsearch.evaluate import add_cli as add_evaluate
+    from vladsearch.evaluation.evaluate import add_cli as add_evaluate
 
     add_evaluate(commands)
     from vladsearch.server.cli import add_cli as add_serve
 
     add_serve(commands)
-    from vladsearch import duplicate_actions, duplicates_report, pairs
+    from vladsearch.collection import cli as duplicates_cli
+    from vladsearch.collection import duplicate_actions, pairs
 
-    duplicates_report.add_cli(commands)
+    duplicates_cli.add_cli(commands)
     duplicate_actions.add_cli(commands)  # undo, resume
     pairs.add_cli(commands)
-    from vladsearch import watch_cli
+    from vladsearch.live import cli as watch_cli
 
     watch_cli.add_cli(commands)
     return parser
@@ -221,9 +222,10 @@ def _print_not_images(not_images: list[tuple[str, str]], verbose: bool) -> None:
 
 
 def _cmd_build(args) -> int:
-    from vladsearch import Index, distributed
+    from vladsearch.executors.ray import build_index
+    from vladsearch.index import Index
 
-    build = Index.build if args.ray is None else functools.partial(distributed.build_index, address=args.ray)
+    build = Index.build if args.ray is None else functools.partial(build_index, address=args.ray)
     preset = preset_with(args.preset, features=args.features, clusters=args.clusters)
     index = build(
         args.photos, index=args.index, force=args.force, features=preset.pop("features"), clusters=preset.pop("clusters"),
@@ -242,7 +244,7 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_search(args) -> int:
-    from vladsearch import Index
+    from vladsearch.index import Index
 
     index = Index.open(args.index, weights=args.weights, root=args.root)
     options = SearchOptions(top=args.top, rerank=args.rerank, unverified=args.unverified,
@@ -263,13 +265,13 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_add(args) -> int:
-    from vladsearch import Index
+    from vladsearch.index import Index
 
     index = Index.open(args.index, weights=args.weights, root=args.root)
     if args.ray is None:
         report = index.add(args.paths, workers=args.workers, progress=not args.quiet, merge=not args.no_merge)
     else:
-        from vladsearch.distributed import add_images
+        from vladsearch.executors.ray import add_images
 
         report = add_images(index, args.paths, address=args.ray, workers=args.workers, progress=not args.quiet,
                             merge=not args.no_merge)
@@ -278,7 +280,7 @@ def _cmd_add(args) -> int:
 
 
 def _cmd_remove(args) -> int:
-    from vladsearch import Index
+    from vladsearch.index import Index
 
     index = Index.open(args.index)
     missing = index.remove(args.images)
@@ -290,7 +292,7 @@ def _cmd_remove(args) -> int:
 
 
 def _cmd_compact(args) -> int:
-    from vladsearch import Index
+    from vladsearch.index import Index
 
     index = Index.open(args.index)
     report = index.compact()
@@ -300,7 +302,7 @@ def _cmd_compact(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from vladsearch.check import check_index
+    from vladsearch.store.check import check_index
 
     problems, counts = check_index(args.index)
     if args.json:
@@ -315,7 +317,7 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from vladsearch import Index
+    from vladsearch.index import Index
 
     info = Index.open(args.index).info()
     if args.json:

@@ -1,11 +1,11 @@
 """`Index`: a live image index on disk — its fitted state, where it lives, and its verbs.
 
 The verbs delegate to one home each: build and add are orchestrated by
-`vladsearch.orchestrator` (on this machine's process pool, or any other executor such as
-`vladsearch.distributed`'s Ray), remove and copy commit through `vladsearch.writer`,
-merging is `vladsearch.compaction`, the read path (query →
-candidates → rerank → expansion) is `vladsearch.search`, what a reader sees is
-`vladsearch.snapshot`, and the on-disk protocol is `vladsearch.catalog`. Every write
+`vladsearch.store.orchestrator` (on this machine's process pool, or any other executor such as
+`vladsearch.executors.ray`'s Ray), remove and copy commit through `vladsearch.store.writer`,
+merging is `vladsearch.store.compaction`, the read path (query →
+candidates → rerank → expansion) is `vladsearch.query.search`, what a reader sees is
+`vladsearch.store.snapshot`, and the on-disk protocol is `vladsearch.store.catalog`. Every write
 commits at once; `save` only copies an index elsewhere.
 """
 
@@ -24,15 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from vladsearch import catalog, compaction, legacy, orchestrator, search, writer
-from vladsearch.encoder import BuildParams, Encoder
+from vladsearch.encoding.encoder import BuildParams, Encoder
 from vladsearch.features import extractor_class
-from vladsearch.images import IMAGE_EXTENSIONS, scan_input, scan_inputs
-from vladsearch.moves import find_moves
-from vladsearch.results import SearchResult
-from vladsearch.segments import segment_dir
-from vladsearch.snapshot import Snapshot
-from vladsearch.writer import Report
+from vladsearch.io.images import IMAGE_EXTENSIONS, scan_input, scan_inputs
+from vladsearch.query import search
+from vladsearch.query.results import SearchResult
+from vladsearch.store import catalog, compaction, migration, orchestrator, writer
+from vladsearch.store.moves import find_moves
+from vladsearch.store.segments import segment_dir
+from vladsearch.store.snapshot import Snapshot
+from vladsearch.store.writer import Report
 
 __all__ = ["RERANK_KEYPOINTS", "BuildParams", "Index", "Report"]
 RERANK_KEYPOINTS = search.RERANK_KEYPOINTS
@@ -102,8 +103,8 @@ class Index:
         if not path.exists():
             raise FileNotFoundError(f"index {path} does not exist: create it with "
                                     f"`vladsearch build IMAGES_DIR --index {path}`")
-        if legacy.is_format1(path):
-            return legacy.open_format1(cls, path, weights, root)
+        if migration.is_format1(path):
+            return migration.open_format1(cls, path, weights, root)
         db = catalog.connect(path, readonly=True)
         try:
             meta = catalog.read_meta(db)
@@ -161,7 +162,7 @@ class Index:
     def search(self, queries: list[str | os.PathLike], top: int | None = None, *,
                options: search.SearchOptions | None = None, workers: int | None = None, progress: bool = False,
                verified_only: bool | None = None, **settings) -> list[SearchResult]:
-        """The answer for each query image file (or folder of them); see vladsearch.search.
+        """The answer for each query image file (or folder of them); see vladsearch.query.search.
 
         Confirmed matches first (identical, copy, same scene), "not in the collection" when none;
         `settings` override fields of `SearchOptions` (rerank=0: the plain VLAD neighbours;
@@ -189,8 +190,8 @@ class Index:
 
     # --- writing ---------------------------------------------------------------------
     def _writable(self) -> None:
-        if legacy.is_format1(self.path):
-            legacy.migrate(self.path, self)
+        if migration.is_format1(self.path):
+            migration.migrate(self.path, self)
             self.meta = Index.open(self.path, self.encoder.weights, self.root).meta
             self._snapshot = None
 
@@ -288,7 +289,7 @@ class Index:
         path = Path(path)
         if path.exists() and path.resolve() == self.path.resolve():
             return path
-        if legacy.is_format1(self.path):
+        if migration.is_format1(self.path):
             raise ValueError(f"{self.path} is a format 1 index: run `vladsearch compact {self.path}` to migrate "
                              "it first, or copy the directory")
         writer.copy_index(self.path, self.snapshot.db, path, force, self.root)

@@ -13,12 +13,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vladsearch import __version__
+from vladsearch.live.cli import start_in_thread
 from vladsearch.server.engine import Engine, Limits
 from vladsearch.server.errors import ServiceError
 from vladsearch.server.routers import duplicates, images, info, search
 from vladsearch.server.security import BodyLimitMiddleware, require_token
-from vladsearch.watch_cli import start_in_thread
+from vladsearch.version import __version__
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("vladsearch.server")

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from vladsearch.arguments import positive_int
+from vladsearch.io.arguments import positive_int
 
 SERVE_EXAMPLES = """examples:
   vladsearch serve photos.vlad                      # http://127.0.0.1:8000/ (page), /docs (API)

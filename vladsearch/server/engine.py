@@ -23,15 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vladsearch import catalog
-from vladsearch.extraction import keep_freed_memory
-from vladsearch.images import ImageError, decode_gray
+from vladsearch.features.extraction import keep_freed_memory
 from vladsearch.index import Index
-from vladsearch.search import SearchOptions
+from vladsearch.io.images import ImageError, decode_gray
+from vladsearch.query.search import SearchOptions
 from vladsearch.server.concurrency import ReadWriteLock, WorkQueue
 from vladsearch.server.errors import ServiceError
-from vladsearch.server.files import (UPLOADS, ThumbnailCache, check_indexed_name, resolve_indexed, resolve_inside,
-                                     upload_name, write_new)
+from vladsearch.server.files import (
+    UPLOADS,
+    ThumbnailCache,
+    check_indexed_name,
+    resolve_indexed,
+    resolve_inside,
+    upload_name,
+    write_new,
+)
+from vladsearch.store import catalog
 
 log = logging.getLogger("vladsearch.server")
 
@@ -224,8 +231,8 @@ class Engine:
 
     def duplicates(self, min_inliers: int | None, neighbors: int | None) -> dict[str, Any]:
         """`vladsearch duplicates --json` of the current snapshot (kept until the next commit)."""
-        from vladsearch.duplicates import DEFAULT_MIN_INLIERS, DEFAULT_NEIGHBORS, find_duplicates
-        from vladsearch.duplicates_report import report_to_dict
+        from vladsearch.collection.duplicates import DEFAULT_MIN_INLIERS, DEFAULT_NEIGHBORS, find_duplicates
+        from vladsearch.collection.report import report_to_dict
 
         options = {"min_inliers": min_inliers or DEFAULT_MIN_INLIERS, "neighbors": neighbors or DEFAULT_NEIGHBORS}
         with self.snapshot_lock.shared():

@@ -20,8 +20,8 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from vladsearch import image_formats
-from vladsearch.images import IMAGE_EXTENSIONS, ImageError
+from vladsearch.io import image_formats
+from vladsearch.io.images import IMAGE_EXTENSIONS, ImageError
 from vladsearch.server.errors import ServiceError
 
 UPLOADS = "uploads"

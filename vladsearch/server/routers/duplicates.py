@@ -1,7 +1,7 @@
 """Duplicates over HTTP: GET /api/duplicates (as `duplicates --json`), POST /api/duplicates/move (as
 `duplicates --move-to`, dry run by default) and POST /api/undo (as `vladsearch undo MANIFEST`).
 
-The moves go through `vladsearch.duplicate_actions`, as on the command line: same manifest,
+The moves go through `vladsearch.collection.duplicate_actions`, as on the command line: same manifest,
 same undo, nothing deleted. A client names the folder that receives the extras by one plain
 name; it is created beside the photos' folder (default `<root>-duplicates`), never elsewhere.
 Only manifests beside the photos' folder that belong to this index can be undone.
@@ -17,8 +17,8 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from vladsearch import duplicate_actions
-from vladsearch.file_moves import read_manifest
+from vladsearch.collection import duplicate_actions
+from vladsearch.collection.file_moves import read_manifest
 from vladsearch.server.errors import ServiceError
 from vladsearch.server.models import ERRORS
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
-from vladsearch.search import SearchOptions
+from vladsearch.query.search import SearchOptions
 from vladsearch.server.models import ERRORS, SearchResponse
 
 router = APIRouter(prefix="/api", tags=["search"])

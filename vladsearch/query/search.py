@@ -1,0 +1,239 @@
+"""The read path: query images → VLAD → candidates → verification (the answer) → query expansion.
+
+Everything here reads one `Snapshot` (a committed state of the index) and encodes with
+the index's `Encoder`; nothing here writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vladsearch.encoding.encoder import Encoder
+from vladsearch.features import capabilities
+from vladsearch.features.extraction import extract_images, single_blas_thread
+from vladsearch.io.images import list_images
+from vladsearch.io.progress import progress_bar
+from vladsearch.query.rerank import DEFAULT_MIN_INLIERS, mirror_sift_descriptors
+from vladsearch.query.results import Match, SearchResult
+from vladsearch.query.verification import (  # noqa: F401 - database_features: its old home
+    VERDICT_RANK,
+    VERIFY_KEYPOINTS,
+    Confirmation,
+    FeatureSource,
+    database_features,
+    file_sha1,
+    strongest,
+    verify_candidates,
+)
+from vladsearch.store.snapshot import Snapshot
+
+# Keypoints per database image used for verification (cached at build, or re-extracted).
+RERANK_KEYPOINTS = VERIFY_KEYPOINTS
+DEFAULT_TOP = 10
+# VLAD candidates verified per query by default (and as many of the mirrored query's, for SIFT).
+# On the dev sets of `benchmarks/answers.py` the true match ranks ≤ 5 (copies, rotated copies among
+# other views of their scene) and ≤ 10 (homogr's wide-baseline pairs) in the plain or the mirrored
+# list (docs/BENCHMARKS.md "Answers"); 15 leaves a margin for larger collections.
+DEFAULT_VERIFY_DEPTH = 15
+
+
+def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Drop faiss's -1 padding from one row of (D, I)."""
+    keep = ids >= 0
+    return scores[keep][:k], ids[keep][:k]
+
+
+# Rerank candidates fetched at once for consecutive queries: re-extracting database images
+# (no feature cache) then runs as one parallel batch instead of a small one per query.
+# 512 candidates of 1,024 SIFT features hold about 270 MB.
+RERANK_CANDIDATES_AT_ONCE = 512
+
+
+# --- running queries ---------------------------------------------------------------
+def expand_queries(queries: list[str | os.PathLike]) -> list[tuple[str, Path]]:
+    """(name as given, file) pairs: a folder expands to its images, named by their paths."""
+    expanded: list[tuple[str, Path]] = []
+    for query in queries:
+        path = Path(query)
+        if path.is_dir():
+            files = list_images(path)
+            if not files:
+                raise ValueError(f"no images found in query folder {path}")
+            expanded.extend((str(f), f) for f in files)
+        else:
+            expanded.append((str(query), path))  # a missing file is reported as that query's error
+    return expanded
+
+
+@dataclass
+class SearchOptions:
+    """How a search runs; one set of defaults for the CLI, the Python API and the server.
+
+    top: matches per query; rerank: VLAD candidates verified per query (0: no verification, the
+    plain VLAD neighbours as they rank); unverified: after the confirmed matches, also list the
+    candidates that were not confirmed (verified false); min_confidence: drop confirmed matches
+    below this measured precision; mirrored: also search and verify the mirrored query (None:
+    where the feature allows it, see `features.capabilities`); query_expansion: αQE with the N
+    best (confirmed) neighbours; nprobe: IVF lists to visit; min_inliers: the verification
+    threshold (None: rerank.DEFAULT_MIN_INLIERS).
+    """
+
+    top: int = DEFAULT_TOP
+    rerank: int = DEFAULT_VERIFY_DEPTH
+    unverified: bool = False
+    min_confidence: float = 0.0
+    mirrored: bool | None = None
+    query_expansion: int = 0
+    nprobe: int | None = None
+    min_inliers: int | None = None
+
+    def check(self) -> None:
+        """Reject values no search can use, with what to pass instead."""
+        if self.top < 1:
+            raise ValueError(f"--top must be at least 1, got {self.top}")
+        if self.rerank < 0 or self.query_expansion < 0:
+            raise ValueError("--rerank and --query-expansion take a number of candidates ≥ 0 (0: off)")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"--min-confidence is a precision in [0, 1], got {self.min_confidence}")
+        if self.min_confidence > 0 and not self.rerank:
+            raise ValueError("--min-confidence needs verification: drop --rerank 0")
+
+
+def search_index(encoder: Encoder, snapshot: Snapshot, root: Path, queries: list[str | os.PathLike],
+                 options: SearchOptions | None = None, workers: int | None = None,
+                 progress: bool = False) -> list[SearchResult]:
+    """Encode each query like the database, search, verify the best candidates, answer.
+
+    Each query's matches are its confirmed ones (identical, then copy, then same scene, each by
+    strength; vladsearch.query.verification), and with `options.unverified` the other candidates after
+    them. Database features come from the snapshot's cache, or are decoded again under `root`.
+    With `options.rerank` 0: the plain VLAD neighbours, nothing verified.
+    """
+    options = options or SearchOptions()
+    options.check()
+    mirrorable = capabilities(encoder.params.features).mirrorable
+    if options.mirrored and not mirrorable:
+        raise ValueError(f"--mirrored works with mirrorable features only (sift, rootsift), not {encoder.params.features}")
+    mirror = bool(options.rerank) and (mirrorable if options.mirrored is None else options.mirrored)
+    expanded = expand_queries(queries)
+    stream = extract_images([path for _, path in expanded], encoder.extractor(), encoder.params.max_side, workers,
+                            max_pixels=encoder.params.max_pixels)
+    items = list(progress_bar(stream, total=len(expanded), desc="queries", enabled=progress))
+    results = [SearchResult(given, [], error=item.error) for (given, _), item in zip(expanded, items)]
+    for result, item in zip(results, items):
+        if item.features is not None and len(item.features) == 0:
+            result.error = "no keypoints found in the query image (blank, flat or too small): nothing to match"
+    good = [i for i, item in enumerate(items) if item.features is not None and len(item.features)]
+    if not good:
+        return results
+    with single_blas_thread(encoder.extractor()):
+        xq = encoder.encode([items[i].features.descriptors for i in good])
+        xq_mirrored = (encoder.encode([mirror_sift_descriptors(items[i].features.descriptors) for i in good])
+                       if mirror else None)
+    k = max(options.top, options.rerank)
+    D, I = snapshot.search(xq, k, options.nprobe)
+    names = snapshot.paths_of([int(i) for i in I.ravel() if i >= 0])
+    plain = []
+    for row in range(len(good)):
+        scores, ids = top_k(D[row], I[row], k)
+        # An id without a name was removed by a commit after this snapshot was taken: skip it.
+        plain.append([Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids) if int(i) in names])
+    if options.rerank:
+        answers = _verify_queries([items[i] for i in good], [expanded[i][1] for i in good], plain, encoder,
+                                  snapshot, root, options, xq_mirrored, mirror, workers)
+    else:
+        answers = plain
+    for row, position in enumerate(good):
+        matches = answers[row]
+        if options.query_expansion:
+            matches = _expand(snapshot, xq[row], matches, options.query_expansion, k, options.nprobe, names)
+        results[position].matches = matches[:options.top]
+        results[position].verified = bool(options.rerank)
+    return results
+
+
+def _verify_queries(items: list, files: list[Path], plain: list[list[Match]], encoder: Encoder, snapshot: Snapshot,
+                    root: Path, options: SearchOptions, xq_mirrored: np.ndarray | None, mirror: bool,
+                    workers: int | None) -> list[list[Match]]:
+    """Each query's confirmed matches, best first (+ the unconfirmed candidates with `unverified`)."""
+    depth = options.rerank
+    candidates: list[dict[int, Match]] = [{m.id: m for m in matches[:depth]} for matches in plain]
+    how: dict[tuple[int, int], bool | str] = {}  # (query, candidate) -> pair_verification's `mirror` argument
+    for row, found in enumerate(candidates):
+        for image_id in found:
+            how[(-1 - row, image_id)] = False  # plain neighbours are matched as they are...
+    if xq_mirrored is not None:  # ...a flipped copy's VLAD is unrelated to its source's: search the mirror too
+        Dm, Im = snapshot.search(xq_mirrored, depth, options.nprobe)
+        names = snapshot.paths_of([int(i) for i in Im.ravel() if i >= 0])
+        for row, found in enumerate(candidates):
+            for score, image_id in zip(*top_k(Dm[row], Im[row], depth)):
+                image_id = int(image_id)
+                if image_id not in names:
+                    continue
+                pair = (-1 - row, image_id)
+                how[pair] = True if pair in how else "mirrored only"
+                if image_id not in found:
+                    found[image_id] = Match(names[image_id], float(score), image_id)
+    ids = sorted({i for found in candidates for i in found})
+    rows = snapshot.rows_of(ids)
+    source = FeatureSource(encoder, snapshot, root, rows, workers)
+    identical = set()
+    for row, (item, file) in enumerate(zip(items, files)):
+        source.add(-1 - row, strongest(item.features.keypoints, item.features.descriptors, item.features.scores))
+        digest = file_sha1(file)
+        identical.update((-1 - row, i) for i in candidates[row] if digest and rows.get(i, {}).get("sha1") == digest)
+    pairs = list(how)
+    # Without a cache, candidates are decoded again: a bounded number at once, each batch in parallel.
+    at_once = len(pairs) if source.cached else RERANK_CANDIDATES_AT_ONCE
+    confirmations: list[Confirmation] = []
+    for at in range(0, len(pairs), at_once):
+        confirmations += verify_candidates(pairs[at:at + at_once], source, how, identical, workers,
+                                           min_inliers=options.min_inliers or DEFAULT_MIN_INLIERS)
+    by_query: list[list[Match]] = [[] for _ in plain]
+    for c in confirmations:
+        row = -1 - c.a
+        match = candidates[row][c.b]
+        by_query[row].append(Match(match.image, match.score, match.id, c.inliers, c.verdict is not None,
+                                   match.score, c.verdict, c.confidence, c.mirrored))
+    answers = []
+    for row, checked in enumerate(by_query):
+        confirmed = [m for m in checked if m.verified and m.confidence >= options.min_confidence]
+        confirmed.sort(key=lambda m: (VERDICT_RANK[m.verdict], -m.inliers, -m.score))
+        if options.unverified:
+            seen = {m.id for m in confirmed}
+            rest = {m.id: m for m in checked if m.id not in seen}
+            confirmed += sorted(rest.values(), key=lambda m: -m.score)
+            confirmed += [dataclasses.replace(m, verified=False, confidence=0.0)  # beyond the verified depth
+                          for m in plain[row] if m.id not in seen and m.id not in rest]
+        answers.append(confirmed)
+    return answers
+
+
+def _expand(snapshot: Snapshot, query_vector: np.ndarray, matches: list[Match], n: int, k: int,
+            nprobe: int | None, names: dict[int, str]) -> list[Match]:
+    """αQE: search again with the query averaged with its n best (verified) neighbours.
+
+    Verified matches keep their place at the top; the new ranking follows.
+    """
+    from vladsearch.query.rerank import average_query_expansion
+
+    reranked = any(m.verified is not None for m in matches)
+    neighbours = [m for m in matches if m.verified] if reranked else matches
+    neighbours = neighbours[:n]
+    if not neighbours:
+        return matches
+    xb = snapshot.reconstruct([m.id for m in neighbours])
+    expanded = average_query_expansion(query_vector[None], xb[None])
+    D, I = snapshot.search(expanded, k, nprobe)
+    scores, ids = top_k(D[0], I[0], k)
+    missing = [int(i) for i in ids if int(i) not in names]
+    names.update(snapshot.paths_of(missing))
+    keep = [m for m in matches if m.verified] if reranked else []
+    seen = {m.id for m in keep}
+    return keep + [Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids)
+                   if int(i) not in seen and int(i) in names]
