@@ -1,4 +1,10 @@
-"""The `vladsearch` command line: build, search, add, remove, compact, check, info, evaluate."""
+"""The `vladsearch` command line: build, search, add, remove, compact, check, info, evaluate.
+
+The top layer, and thin: each verb parses its flags and calls the layers below. The verbs of
+other layers register their own flags: evaluate (evaluation/evaluate.py), serve (server/cli.py),
+duplicates (collection/cli.py), undo and resume (collection/duplicate_actions.py), pairs
+(collection/pairs.py), watch (live/cli.py).
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 
 1. Exact copies (the same SHA-1 in the catalog) are grouped without looking at pixels; one
    image per content hash stands for its copies in the rest.
-2. Every indexed vector searches the collection (collection_knn.py: the index itself, or a
+2. Every indexed vector searches the collection (knn.py: the index itself, or a
    temporary IVF for an exact index of over 20,000 images), in blocks of `QUERY_BLOCK`
    queries, so memory is one block's candidates: its `neighbors` nearest images with a VLAD
    similarity of at least `min_similarity` become candidate pairs, each unordered pair once.

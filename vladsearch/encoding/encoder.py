@@ -22,7 +22,7 @@ from vladsearch.features.base import Extractor
 from vladsearch.io.images import DEFAULT_MAX_PIXELS
 
 # Local features a build keeps per image, so that searches verify without decoding the photos
-# again (0: none): the strongest 1,024, descriptors as product-quantised codes (quantizer.py),
+# again (0: none): the strongest 1,024, descriptors as product-quantised codes (compact_codes.py),
 # 32 B a keypoint for SIFT (≈ 33 KiB an image) instead of 264 B in float16.
 DEFAULT_KEEP_FEATURES = 1024
 DEFAULT_FEATURE_CODES = "PQ32x7"
@@ -46,7 +46,7 @@ class BuildParams:
     seed: int = 0
     keep_features: int = DEFAULT_KEEP_FEATURES  # cache the N strongest local features per image for verification
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger images are skipped as likely decompression bombs
-    codes: str = ""                   # "": every vector in RAM (exact); "PCA256,PQ64": compact codes (quantizer.py)
+    codes: str = ""                   # "": every vector in RAM (exact); "PCA256,PQ64": compact codes (compact_codes.py)
     refine: int = 0                   # with codes: candidates re-scored exactly from the vectors on disk
     vector_dtype: str = "float32"     # how segments store vectors ("float16" halves the disk)
     feature_codes: str = DEFAULT_FEATURE_CODES  # "": cached descriptors in float16; "PQ32x7": 28-byte codes
@@ -105,8 +105,8 @@ class Encoder:
         self.weights = os.path.abspath(weights) if weights else None
         self.codebook: Codebook | None = None
         self.pca: PCAWhitening | None = None
-        self.coder = None  # quantizer.CoarseCodes, trained at the end of a build with compact codes
-        self.descriptor_codec = None  # quantizer.DescriptorCodes, for a compact feature cache
+        self.coder = None  # compact_codes.CoarseCodes, trained at the end of a build with compact codes
+        self.descriptor_codec = None  # compact_codes.DescriptorCodes, for a compact feature cache
         self._extractor: Extractor | None = None
 
     def extractor(self) -> Extractor:

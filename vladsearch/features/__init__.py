@@ -4,7 +4,8 @@
 that listing the names (the CLI's choices) never imports torch. `get_extractor`
 imports lazily and builds one. `capabilities(name)` says what a feature can do (mirror its
 descriptors, survive rotation, run without torch, which matcher verifies it): the one place
-other modules ask, instead of lists of feature names.
+other modules ask, instead of lists of feature names. `extraction.py` runs an extractor over
+many images on a process pool (decoding through `vladsearch.io.images`).
 """
 
 from __future__ import annotations

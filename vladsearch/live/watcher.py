@@ -13,7 +13,7 @@ A file is taken only once it is complete: nothing wrote it for `settle` seconds 
 mtime is that old) or a close event came after its last write; until then it waits and
 is looked at again. Changes are debounced: a batch runs after `quiet` seconds without a
 new event, or `max_delay` seconds after the first one under a steady stream. The event
-sources (watchdog, or polling) are in watch_events.py; each commit takes the index's
+sources (watchdog, or polling) are in events.py; each commit takes the index's
 writer lock only for itself, so readers, `serve` and other writers go on meanwhile.
 """
 

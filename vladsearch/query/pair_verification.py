@@ -39,7 +39,7 @@ from vladsearch.query.rerank import (
 )
 
 # keypoints N×2 float32, descriptors N×D float32; or an object with `feature_count`, `head(n)` and the
-# same two items, read on first use (collection_knn.CachedFeatures)
+# same two items, read on first use (collection.knn.CachedFeatures)
 FeaturePair = tuple[np.ndarray, np.ndarray]
 # Pairs handed to a worker at once (amortises the inter-process round trip, ~5 ms a pair).
 PAIRS_PER_TASK = 64

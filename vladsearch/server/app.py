@@ -33,7 +33,7 @@ def create_app(index_dir: str | os.PathLike, token: str | None = None, *, worker
     token: required as `Authorization: Bearer <token>` on /api/* (None: no check — loopback only);
     workers: threads running searches at once (default: every core); waiting: searches queued
     beyond them before 503; refresh_interval: seconds between checks for other processes' commits;
-    watch: folders kept in step with the index by a background thread (`vladsearch watch`, watch_cli.py).
+    watch: folders kept in step with the index by a background thread (`vladsearch watch`, live/cli.py).
     """
     engine = engine or Engine(index_dir, workers=workers, waiting=waiting, limits=limits,
                               refresh_interval=refresh_interval, weights=weights, root=root)

@@ -67,7 +67,7 @@ class FeatureStore:
         self.directory = Path(directory)
         self.dim = int(dim)
         self.mode = mode
-        # quantizer.DescriptorCodes: descriptors stored as its uint8 codes (compact cache)
+        # compact_codes.DescriptorCodes: descriptors stored as its uint8 codes (compact cache)
         self.codec = codec
         self._kp_path = self.directory / "keypoints.bin"
         self._desc_path = self.directory / "descriptors.bin"

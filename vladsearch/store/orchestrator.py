@@ -20,7 +20,7 @@ An executor only turns images into staged segments and rows; it is a context man
   segments and image rows of `out` (a `writer.SegmentStream`): written through it, or
   staged by other processes in its staging area and handed over with `out.adopt`;
 
-`LocalExecutor` (here) is this machine's process pool; `distributed.RayExecutor` maps the
+`LocalExecutor` (here) is this machine's process pool; `executors.ray.RayExecutor` maps the
 same functions over a Ray cluster.
 """
 

@@ -69,7 +69,7 @@ class SegmentWriter:
         self.dim = dim
         self.max_keypoints = max_keypoints
         self.dtype = dtype
-        self.coder = coder  # quantizer.CoarseCodes: also write each vector's compact code
+        self.coder = coder  # compact_codes.CoarseCodes: also write each vector's compact code
         directory.mkdir(parents=True)
         filename, self._numpy_dtype = VECTOR_FILES[dtype]
         self._vectors = open(directory / filename, "wb")  # noqa: SIM115 - closed in finish()

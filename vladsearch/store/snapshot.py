@@ -11,12 +11,12 @@ an id names the same image for ever, or nothing once it is deleted).
 Two kinds of in-memory index:
 - exact (default): every live vector in one faiss index (a search over twenty segments
   costs what a search over one does);
-- compact codes (`--preset large`, quantizer.py): an IVF-PQ code per image in RAM; the
+- compact codes (`--preset large`, encoding/compact_codes.py): an IVF-PQ code per image in RAM; the
   `refine` best candidates are re-scored exactly with the full vectors, memory-mapped from
   the segments.
 `refresh()` moves to the newest commit; the in-memory index is filled on the first search
 (or `backend` access) after it, with only what changed. Whole-collection verbs that never
-search through it (`duplicates` on a large exact index, collection_knn.py) never pay for it.
+search through it (`duplicates` on a large exact index, collection/knn.py) never pay for it.
 """
 
 from __future__ import annotations

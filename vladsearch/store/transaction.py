@@ -9,7 +9,7 @@
     # removed again (no committed row names them), and a full disk is reported in one line.
 
 Writer (build, add, remove, rename, copy), compaction (merge) and, through the orchestrator, every
-executor commit here. The format 1 migration (legacy.py) writes a new catalog file instead,
+executor commit here. The format 1 migration (migration.py) writes a new catalog file instead,
 with the same `catalog.insert_segments`, and commits by renaming it into place.
 """
 
