@@ -81,10 +81,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     # feature (`features.matching.verification_for`: LightGlue + fundamental matrix, MAGSAC++).
     "places": {"features": "aliked", "clusters": 64, "max_side": 640, "codes": "", "refine": 0,
                "vector_dtype": "float32", "feature_codes": ""},
-    # The same place under strong changes (docs/FEATURES.md, "Places"): learned features, exact
-    # vectors. Its candidates are verified by the matcher registered for the feature
-    # (`features.matching.verification_for`: LightGlue + fundamental matrix, MAGSAC++).
-    "places": {"features": "aliked", "clusters": 64, "codes": "", "refine": 0, "vector_dtype": "float32"},
 }
 
 
@@ -92,14 +88,6 @@ def preset_params(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return dict(PRESETS[name])
-
-
-def preset_with(name: str, **explicit: Any) -> dict[str, Any]:
-    """The preset's parameters with `explicit` ones on top; None means "not given" (the preset's
-    value, else the `Index.build` default, applies), so `--preset places --features sift` builds SIFT."""
-    params = {"features": "sift", "clusters": 64, **preset_params(name)}
-    params.update({key: value for key, value in explicit.items() if value is not None})
-    return params
 
 
 def preset_with(name: str, **explicit: Any) -> dict[str, Any]:
