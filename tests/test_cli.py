@@ -18,24 +18,31 @@ def test_search_json_shape(index_path, photo_dir, capsys):
     query = str(photo_dir / "coffee.jpg")
     assert main(["search", str(index_path), query, "--top", "4", "--json", "-q"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out) == 1 and out[0]["query"] == query
-    matches = out[0]["matches"]
+    assert len(out) == 1 and out[0]["query"] == query and out[0]["answer"] == "identical"
+    first = out[0]["matches"][0]
+    assert first["image"] == "coffee.jpg" and first["verdict"] == "identical" and first["verified"] is True
+    assert main(["search", str(index_path), query, "--top", "4", "--json", "-q", "--rerank", "0"]) == 0
+    matches = json.loads(capsys.readouterr().out)[0]["matches"]
     assert len(matches) == 4 and matches[0] == {"image": "coffee.jpg", "score": pytest.approx(1.0, abs=1e-4)}
     assert [m["score"] for m in matches] == sorted((m["score"] for m in matches), reverse=True)
 
 
 def test_top_larger_than_index_returns_every_image(index_path, photo_dir, capsys):
-    main(["search", str(index_path), str(photo_dir / "moon.jpg"), "--top", "1000", "--json", "-q"])
+    main(["search", str(index_path), str(photo_dir / "moon.jpg"), "--top", "1000", "--json", "-q", "--rerank", "0"])
     matches = json.loads(capsys.readouterr().out)[0]["matches"]
     assert len(matches) == 15 and len({m["image"] for m in matches}) == 15
+    main(["search", str(index_path), str(photo_dir / "moon.jpg"), "--top", "1000", "--json", "-q", "--unverified"])
+    matches = json.loads(capsys.readouterr().out)[0]["matches"]
+    assert len(matches) == 15 and matches[0]["verified"] and not matches[-1]["verified"]
 
 
 def test_csv_and_table_outputs(index_path, photo_dir, capsys):
-    main(["search", str(index_path), str(photo_dir / "moon.jpg"), "--top", "2", "--csv", "-q"])
+    main(["search", str(index_path), str(photo_dir / "moon.jpg"), "--top", "2", "--csv", "-q", "--rerank", "0"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("query,rank,image,score") and len(lines) == 3 and ",1,moon.jpg," in lines[1]
+    assert lines[0].startswith("query,answer,rank,image,verdict") and len(lines) == 3 and ",1,moon.jpg," in lines[1]
     main(["search", str(index_path), str(photo_dir / "moon.jpg"), "--top", "2", "-q"])
-    assert "moon.jpg" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "moon.jpg: identical to moon.jpg" in out and "answer" in out.splitlines()[1]
 
 
 def test_info_and_remove(index_path, tmp_path, capsys):

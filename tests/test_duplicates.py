@@ -388,7 +388,7 @@ def test_an_image_that_cannot_be_read_again_is_named_and_bad_arguments_fail_firs
     image = photo("astronaut")
     _write(photos, "astronaut_small.jpg", cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2)))
     index = tmp_path / "photos.vlad"
-    cli("build", str(photos), "--index", str(index), "--quiet", "--workers", "2")
+    cli("build", str(photos), "--index", str(index), "--quiet", "--workers", "2", "--no-keep-features")
     (photos / "chelsea.jpg").write_bytes(b"not a jpeg any more")
     data = json.loads(cli("duplicates", str(index), "--json", "--quiet", "--workers", "2").stdout)
     assert data["unreadable"] == ["chelsea.jpg"]

@@ -57,6 +57,7 @@ MOVED: dict[str, str] = {f"vladsearch.{old}": f"vladsearch.{new}" for old, new i
     "watch": "live.watcher",
     "watch_events": "live.events",
     "watch_cli": "live.cli",
+    "features.matching": "query.matching",
 }.items()}
 
 

@@ -26,8 +26,10 @@ from vladsearch.version import __version__
 
 EPILOG = """examples:
   vladsearch build photos/ --index photos.vlad
-  vladsearch search photos.vlad query.jpg --top 5
+  vladsearch search photos.vlad query.jpg          # identical / copy / same scene, or not in the collection
   vladsearch search photos.vlad queries/ --json > results.json
+  vladsearch search photos.vlad query.jpg --unverified --top 20   # + the candidates not confirmed
+  vladsearch search photos.vlad query.jpg --rerank 0              # the plain VLAD neighbours
   vladsearch add photos.vlad more_photos/
   vladsearch remove photos.vlad holiday/IMG_0001.jpg
   vladsearch compact photos.vlad
@@ -73,8 +75,9 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("--clusters", "-k", type=positive_int, default=None,
                        help="visual words K (default 64, or the preset's)")
     build.add_argument("--weights", metavar="PATH", help="weights file for learned features")
-    build.add_argument("--max-side", type=int, default=1024, metavar="PX",
-                       help="downscale images so the longer side is at most PX (0: never; default 1024)")
+    build.add_argument("--max-side", type=int, default=None, metavar="PX",
+                       help="downscale images so the longer side is at most PX (0: never; default 1024, "
+                            "or the preset's)")
     build.add_argument("--max-keypoints", type=positive_int, default=None, help="keep the N strongest keypoints")
     build.add_argument("--pca", type=int, default=0, metavar="DIM", help="PCA-whiten VLAD vectors to DIM (default 0: off)")
     build.add_argument("--no-whiten", action="store_true", help="with --pca: project without whitening")
@@ -109,7 +112,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_verbose(build)
     _add_ray(build)
 
-    search = commands.add_parser("search", help="find the most similar indexed images")
+    search = commands.add_parser("search", help="is this image in the collection? confirmed matches, verified",
+                                 description="Answer each query: the indexed images confirmed identical, copies or "
+                                             "the same scene (verified on local features), or 'not in the collection'.")
     search.add_argument("index", metavar="INDEX")
     search.add_argument("queries", nargs="+", metavar="QUERY_IMAGE_OR_DIR")
     search.add_argument("--top", "-k", type=positive_int, default=DEFAULT_TOP,
@@ -232,10 +237,10 @@ def _cmd_build(args) -> int:
     from vladsearch.index import Index
 
     build = Index.build if args.ray is None else functools.partial(build_index, address=args.ray)
-    preset = preset_with(args.preset, features=args.features, clusters=args.clusters)
+    preset = preset_with(args.preset, features=args.features, clusters=args.clusters, max_side=args.max_side)
     index = build(
         args.photos, index=args.index, force=args.force, features=preset.pop("features"), clusters=preset.pop("clusters"),
-        weights=args.weights, workers=args.workers, progress=not args.quiet, max_side=args.max_side or None,
+        weights=args.weights, workers=args.workers, progress=not args.quiet, max_side=preset.pop("max_side") or None,
         max_keypoints=args.max_keypoints, pca=args.pca, whiten=not args.no_whiten, intra=not args.no_intra,
         power=args.power, factory=args.factory, codebook_images=args.codebook_images, seed=args.seed,
         **({} if args.keep_features is None else {"keep_features": args.keep_features}), max_pixels=args.max_pixels or None,

@@ -74,10 +74,12 @@ class BuildParams:
 PRESETS: dict[str, dict[str, Any]] = {
     "exact": {"codes": "", "refine": 0, "vector_dtype": "float32", "feature_codes": DEFAULT_FEATURE_CODES},
     "large": {"codes": "PCA256,PQ64", "refine": 128, "vector_dtype": "float16", "feature_codes": "PQ32x7"},
-    # The same place under strong changes (docs/FEATURES.md, "Places"): learned features, exact
-    # vectors. Its candidates are verified by the matcher registered for the feature
-    # (`features.matching.verification_for`: LightGlue + fundamental matrix, MAGSAC++).
-    "places": {"features": "aliked", "clusters": 64, "codes": "", "refine": 0, "vector_dtype": "float32"},
+    # The same place under strong changes (docs/FEATURES.md, "Places preset"): ALIKED at 640 px
+    # (cost: ~2.5x fewer pixels than 1024), exact vectors, cached descriptors in float16 (what
+    # LightGlue was measured on). Its candidates are verified by the matcher registered for the
+    # feature (`query.matching.verification_for`: LightGlue + fundamental matrix, MAGSAC++).
+    "places": {"features": "aliked", "clusters": 64, "max_side": 640, "codes": "", "refine": 0,
+               "vector_dtype": "float32", "feature_codes": ""},
 }
 
 
@@ -90,7 +92,7 @@ def preset_params(name: str) -> dict[str, Any]:
 def preset_with(name: str, **explicit: Any) -> dict[str, Any]:
     """The preset's parameters with `explicit` ones on top; None means "not given" (the preset's
     value, else the `Index.build` default, applies), so `--preset places --features sift` builds SIFT."""
-    params = {"features": "sift", "clusters": 64, **preset_params(name)}
+    params = {"features": "sift", "clusters": 64, "max_side": 1024, **preset_params(name)}
     params.update({key: value for key, value in explicit.items() if value is not None})
     return params
 

@@ -109,7 +109,9 @@ def evaluate(dataset_path: str | Path, features: str = "sift", clusters: int | N
     indexed = index.image_paths()
     depth = top or len(indexed)
     search_options: dict[str, Any] = {"top": depth, "workers": workers, "progress": progress}
-    search_options.update(rerank=rerank, query_expansion=query_expansion, mirrored=mirrored)
+    # the whole ranking is scored: with verification, the confirmed matches first, then the rest
+    search_options.update(rerank=rerank, query_expansion=query_expansion, mirrored=mirrored or None,
+                          unverified=True)
     with tempfile.TemporaryDirectory(prefix="vladsearch-eval-") as scratch:
         files = _query_files(dataset.queries, Path(scratch))
         start = time.perf_counter()

@@ -37,7 +37,7 @@ class Capabilities:
     (SIFT's cell and bin permutation, `rerank.mirror_sift_descriptors`), so flipped copies are
     searched and verified without extracting again; rotation_invariant: descriptors follow the
     keypoint's orientation, so a 90° turn still matches; needs_torch: the `torch` extra;
-    matcher: how two images' features are matched (`features.matching.match_features`):
+    matcher: how two images' features are matched (`query.matching.match_features`):
     "mutual-nn" is mutual nearest neighbours with Lowe's ratio test, "lightglue" LightGlue
     with the weights trained for this feature, "lighterglue" XFeat's LighterGlue.
     """

