@@ -60,7 +60,7 @@ def _scene(name: str) -> str:
     if "_img" in stem:
         return stem.split("_img")[0]
     if stem[-1:] in ("A", "B") and len(stem) > 1:
-        return stem[:-1]
+        return stem[:-1].rstrip("0123456789")  # homogr's LePoint1-3 show one magazine cover
     return stem
 
 
@@ -207,9 +207,18 @@ def run(root: Path, repeat: int, build_args: list[str], search_args: list[str]) 
     return report
 
 
-def calibrate(reports: list[dict]) -> None:
-    """Precision of confirmed candidates by verdict and inlier bin, with the 95 % Wilson lower bound."""
+def calibrate(reports: list[dict], root: Path | None = None) -> None:
+    """Precision of confirmed candidates by verdict and inlier bin, with the 95 % Wilson lower bound.
+
+    root: the folder of `prepare`, to label the candidates again with today's `_scene`."""
     bins = (15, 20, 30, 60, 120, 10**9)
+    if root is not None:
+        for report in reports:
+            for name, entry in report["sets"].items():
+                gt = json.loads((root / name / "gt.json").read_text())["queries"]
+                for c in entry["candidates"]:
+                    positives = gt[c["query"]]["positives"]
+                    c["correct"] = c["image"] in positives or _scene(c["image"]) == _scene(positives[0])
     rows = [c for r in reports for s in r["sets"].values() for c in s["candidates"]]
     print(f"{len(rows)} verified candidates; unconfirmed inliers of wrong candidates: max "
           f"{max([c['inliers'] for c in rows if not c['correct']] or [0])}")
@@ -252,6 +261,7 @@ def main() -> int:
     r.add_argument("--search-args", default="", help="extra search flags for both runs")
     c = sub.add_parser("calibrate")
     c.add_argument("reports", type=Path, nargs="+")
+    c.add_argument("--root", type=Path, help="the folder of `prepare`: label the candidates again")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.out, args.queries, args.seed)
@@ -260,7 +270,7 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))
     else:
-        calibrate([json.loads(p.read_text()) for p in args.reports])
+        calibrate([json.loads(p.read_text()) for p in args.reports], args.root)
     return 0
 
 

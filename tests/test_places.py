@@ -67,7 +67,7 @@ def test_learned_features_register_their_matcher_and_verification():
     assert capabilities("aliked").matcher == "lightglue"
     assert capabilities("disk").matcher == "lightglue"
     assert capabilities("xfeat").matcher == "lighterglue"
-    assert capabilities("aliked-rot").rotation_invariant and not capabilities("aliked").rotation_invariant
+    assert capabilities("aliked-rot").matcher == "lightglue" and not capabilities("aliked-rot").rotation_invariant
     assert capabilities("sift").matcher == "mutual-nn"
     assert matching.verification_for("aliked").model == "fundamental"
     assert matching.verification_for("sift").model == "homography"

@@ -126,7 +126,7 @@ def results_to_table(results: list[SearchResult]) -> str:
                 said = (m.verdict or "") + (" (mirrored)" if m.mirrored and m.verdict else "")
                 said = said if m.verified else "unverified"
                 confidence = f"{m.confidence:.2f}" if m.verified else "-"
-                inliers = "-" if m.inliers is None else m.inliers
+                inliers = "-" if m.inliers is None or m.verdict == "identical" else m.inliers  # same bytes: not matched
                 lines.append(f"  {rank:>4}  {said:<18}{confidence:>10}  {inliers:>7}  {m.score:>10.4f}  {m.image}")
         else:
             lines.append(f"  {'rank':>4}  {'similarity':>10}  image")

@@ -114,7 +114,10 @@ function showMatches(matches) {
     item.tabIndex = 0;
     item.dataset.image = match.image;
     const numbers = [`similarity ${match.score.toFixed(3)}`];
-    if (match.verified) numbers.unshift(`confidence ${match.confidence.toFixed(2)}`, `${match.inliers} inliers`);
+    if (match.verified) {
+      numbers.unshift(`confidence ${match.confidence.toFixed(2)}`,
+        match.verdict === "identical" ? "the same file" : `${match.inliers} inliers`);
+    }
     const badge = match.verified
       ? `<span class="badge ${verdictClass(match.verdict)}">${escapeHtml(match.verdict)}${match.mirrored ? " (mirrored)" : ""}</span>`
       : `<span class="badge verdict-none">unverified</span>`;
