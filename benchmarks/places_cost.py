@@ -1,7 +1,7 @@
 """Build images/s and per-query time of `--preset places` against the default SIFT, in one run.
 
     python benchmarks/places_cost.py DATASET [--presets exact places] [--queries 20] [--verify 10]
-        [--workers 2] [--scratch /tmp/places_cost]
+        [--workers 2] [--match-keypoints 1024] [--scratch /tmp/places_cost]
 
 DATASET is in vladsearch's layout (benchmarks/places_devset.py). For each preset it builds an
 index of DATASET/images with `Index.build(..., **preset_with(preset))` (what `vladsearch build
@@ -34,7 +34,8 @@ from vladsearch.query.matching import match_features, verification_for  # noqa: 
 from vladsearch.query.rerank import verify_matches  # noqa: E402
 
 
-def time_preset(dataset, preset: str, scratch: Path, n_queries: int, n_verify: int, workers: int) -> dict:
+def time_preset(dataset, preset: str, scratch: Path, n_queries: int, n_verify: int, workers: int,
+                match_keypoints: int) -> dict:
     params = preset_with(preset)
     path = scratch / f"{preset}.vlad"
     shutil.rmtree(path, ignore_errors=True)
@@ -51,7 +52,9 @@ def time_preset(dataset, preset: str, scratch: Path, n_queries: int, n_verify: i
     def features_of(path: Path):
         if str(path) not in features:
             image = load_image(path, max_side)
-            features[str(path)] = extractor.extract(image.gray, image.scale, image.size)
+            f = extractor.extract(image.gray, image.scale, image.size)
+            keep = np.argsort(-f.scores, kind="stable")[:match_keypoints]  # as the index caches them
+            features[str(path)] = type(f)(f.keypoints[keep], f.descriptors[keep], f.scores[keep], f.image_size)
         return features[str(path)]
 
     for query in queries:
@@ -78,12 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--verify", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--match-keypoints", type=int, default=1024,
+                        help="match each image's N strongest keypoints (the index caches 1,024)")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/places_cost"))
     args = parser.parse_args(argv)
     args.scratch.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(args.dataset)
     for preset in args.presets:
-        row = time_preset(dataset, preset, args.scratch, args.queries, args.verify, args.workers)
+        row = time_preset(dataset, preset, args.scratch, args.queries, args.verify, args.workers,
+                          args.match_keypoints)
         print(" | ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     return 0

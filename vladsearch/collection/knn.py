@@ -157,9 +157,9 @@ def _run_mirror_job(ids: np.ndarray) -> np.ndarray:
 
 
 def _one_blas_thread() -> None:
-    from threadpoolctl import threadpool_limits
+    from vladsearch.encoding.compact_codes import one_thread_after_fork
 
-    threadpool_limits(1, user_api="blas")
+    one_thread_after_fork()
 
 
 def _mirrored_chunk(encoder, source: FeatureSource, ids: np.ndarray) -> np.ndarray:

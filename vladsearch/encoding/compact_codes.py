@@ -34,6 +34,19 @@ DESCRIPTOR_PQ_POINTS_PER_CENTROID = 32
 DESCRIPTOR_PQ_ITERATIONS = 15
 
 
+def one_thread_after_fork() -> None:
+    """In a forked worker: BLAS and OpenMP (faiss's too) run on one thread.
+
+    One process per core needs no more; and libgomp is not fork-safe: a child that enters an
+    OpenMP region of the parent's thread pool waits forever (faiss's PQ decode of cached
+    features hung that way in `duplicates`' workers). With one thread a region runs inline.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    import_faiss().omp_set_num_threads(1)
+
+
 def import_faiss():
     """faiss, imported on first use (it is heavy; the knn and codes modules share this)."""
     import faiss

@@ -280,9 +280,9 @@ def _verify_chunk(pairs: Sequence[tuple[int, int]]) -> list[PairVerdict]:
 
 
 def _init_worker() -> None:
-    from threadpoolctl import threadpool_limits
+    from vladsearch.encoding.compact_codes import one_thread_after_fork
 
-    threadpool_limits(1, user_api="blas")  # one process per core; BLAS threads would fight them
+    one_thread_after_fork()  # one process per core; and the parent's OpenMP pool does not survive the fork
 
 
 def verify_pairs(pairs: Sequence[tuple[int, int]], features_of: Callable[[int], FeaturePair | None],
