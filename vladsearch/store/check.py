@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vladsearch.encoding.encoder import BuildParams, Encoder
 from vladsearch.store import catalog, migration, segments
+from vladsearch.store.feature_store import COMPACT_KEYPOINT_DTYPE, KEYPOINT_DTYPE
 
 
 def check_index(index_dir: str | Path) -> tuple[list[str], dict[str, int]]:
@@ -23,15 +24,17 @@ def check_index(index_dir: str | Path) -> tuple[list[str], dict[str, int]]:
         meta = catalog.read_meta(db)
         encoder = Encoder(BuildParams.from_dict(meta["params"]), meta["features"])
         try:
-            encoder.load_blobs(catalog.read_blob(db, "codebook.npy"), catalog.read_blob(db, "pca.npz"))
+            encoder.load_blobs(catalog.read_blob(db, "codebook.npy"), catalog.read_blob(db, "pca.npz"),
+                               descriptor_pq=catalog.read_blob(db, "descriptor_pq.faiss"))
         except (TypeError, ValueError, OSError) as exc:
             problems.append(f"{catalog.catalog_path(index_dir)}: codebook or projection unreadable ({exc})")
             return problems, {}
         dim, feature_dim = meta["dim"], int(meta["features"].get("dim") or 0) or None
         live = {s["name"]: s for s in catalog.live_segments(db)}
         for segment in live.values():
-            problems += segments.verify_segment(index_dir, segment, dim, feature_dim)
-        problems += _check_rows(db, index_dir, live, feature_dim)
+            problems += segments.verify_segment(index_dir, segment, dim, feature_dim, encoder.descriptor_codec)
+        keypoint_bytes = 2 * (COMPACT_KEYPOINT_DTYPE if encoder.descriptor_codec is not None else KEYPOINT_DTYPE).itemsize
+        problems += _check_rows(db, index_dir, live, feature_dim, keypoint_bytes)
         on_disk = {p.name for p in (index_dir / segments.SEGMENTS_DIR).iterdir()} \
             if (index_dir / segments.SEGMENTS_DIR).is_dir() else set()
         known = {name for (name,) in db.execute("SELECT name FROM segments")}
@@ -47,7 +50,8 @@ def check_index(index_dir: str | Path) -> tuple[list[str], dict[str, int]]:
     return problems, counts
 
 
-def _check_rows(db: sqlite3.Connection, index_dir: Path, live: dict, feature_dim: int | None) -> list[str]:
+def _check_rows(db: sqlite3.Connection, index_dir: Path, live: dict, feature_dim: int | None,
+                keypoint_bytes: int = 8) -> list[str]:
     problems = []
     seen: set[tuple[str, int]] = set()
     for row in catalog.image_rows(db):
@@ -67,7 +71,7 @@ def _check_rows(db: sqlite3.Connection, index_dir: Path, live: dict, feature_dim
         seen.add((row["segment"], row["row"]))
         if row["feat_count"] is not None and segment["features"] and feature_dim:
             store = segments.segment_dir(index_dir, row["segment"])
-            rows_there = (store / "keypoints.bin").stat().st_size // 8 if (store / "keypoints.bin").exists() else 0
+            rows_there = (store / "keypoints.bin").stat().st_size // keypoint_bytes if (store / "keypoints.bin").exists() else 0
             if row["feat_offset"] + row["feat_count"] > rows_there:
                 problems.append(f"{where}: cached features beyond the end of {store / 'keypoints.bin'}")
     return problems

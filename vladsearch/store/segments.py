@@ -340,8 +340,9 @@ def open_features(index_dir: Path, name: str, dim: int, codec=None) -> FeatureSt
                                 f"run `vladsearch check {index_dir}`") from None
 
 
-def verify_segment(index_dir: Path, segment: dict, dim: int, feature_dim: int | None) -> list[str]:
-    """Problems found in one committed segment's files (empty when it is sound)."""
+def verify_segment(index_dir: Path, segment: dict, dim: int, feature_dim: int | None, codec=None) -> list[str]:
+    """Problems found in one committed segment's files (empty when it is sound); codec: the index's
+    descriptor codes (quantizer.DescriptorCodes) when its feature cache is compact."""
     directory = segment_dir(index_dir, segment["name"])
     problems = []
     try:
@@ -367,7 +368,7 @@ def verify_segment(index_dir: Path, segment: dict, dim: int, feature_dim: int | 
         problems.append(f"{directory / CODES_FILE}: missing or not {segment['vectors']} × {code_size} bytes")
     if segment["features"] and feature_dim:
         try:
-            FeatureStore(directory, feature_dim, mode="r")
+            FeatureStore(directory, feature_dim, mode="r", codec=codec)
         except (OSError, ValueError) as exc:
             problems.append(f"{directory}: feature cache unreadable ({exc})")
     return problems
