@@ -34,6 +34,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from vladsearch.store.moves import file_sha1  # noqa: F401 - the one SHA-1 of a file, also used by callers here
+
 MANIFEST_FORMAT = "vladsearch-moves"
 MANIFEST_VERSION = 1
 PARTIAL_SUFFIX = ".vladsearch-partial"
@@ -52,15 +54,6 @@ class MoveRefused(Exception):
     def __init__(self, state: str, message: str) -> None:
         super().__init__(message)
         self.state = state
-
-
-def file_sha1(path: str | os.PathLike) -> str:
-    """Hex SHA-1 of a file's bytes (what the catalog records as `sha1`)."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fsync_dir(folder: Path) -> None:

@@ -26,7 +26,6 @@ from vladsearch.query.verification import (  # noqa: F401 - database_features: i
     Confirmation,
     FeatureSource,
     database_features,
-    file_sha1,
     strongest,
     verify_candidates,
 )
@@ -150,7 +149,7 @@ def search_index(encoder: Encoder, snapshot: Snapshot, root: Path, queries: list
         # An id without a name was removed by a commit after this snapshot was taken: skip it.
         plain.append([Match(names[int(i)], float(s), int(i)) for s, i in zip(scores, ids) if int(i) in names])
     if options.rerank:
-        answers = _verify_queries([items[i] for i in good], [expanded[i][1] for i in good], plain, encoder,
+        answers = _verify_queries([items[i] for i in good], plain, encoder,
                                   snapshot, root, options, xq_mirrored, mirror, workers)
     else:
         answers = plain
@@ -163,7 +162,7 @@ def search_index(encoder: Encoder, snapshot: Snapshot, root: Path, queries: list
     return results
 
 
-def _verify_queries(items: list, files: list[Path], plain: list[list[Match]], encoder: Encoder, snapshot: Snapshot,
+def _verify_queries(items: list, plain: list[list[Match]], encoder: Encoder, snapshot: Snapshot,
                     root: Path, options: SearchOptions, xq_mirrored: np.ndarray | None, mirror: bool,
                     workers: int | None) -> list[list[Match]]:
     """Each query's confirmed matches, best first (+ the unconfirmed candidates with `unverified`)."""
@@ -193,9 +192,9 @@ def _verify_queries(items: list, files: list[Path], plain: list[list[Match]], en
     rows = snapshot.rows_of(ids)
     source = FeatureSource(encoder, snapshot, root, rows, workers)
     identical = set()
-    for row, (item, file) in enumerate(zip(items, files)):
+    for row, item in enumerate(items):
         source.add(-1 - row, strongest(item.features.keypoints, item.features.descriptors, item.features.scores))
-        digest = file_sha1(file)
+        digest = item.sha1  # of the bytes decoded for extraction: the file is not read twice
         identical.update((-1 - row, i) for i in candidates[row] if digest and rows.get(i, {}).get("sha1") == digest)
     pairs = list(how)
     unscreened = {(-1 - row, m.id) for row, matches in enumerate(plain) for m in matches[:FULL_MATCH_DEPTH]}

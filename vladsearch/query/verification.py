@@ -26,8 +26,6 @@ photos (`database_features`); `FeatureSource` serves both by image id.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,18 +133,6 @@ def confidence(verdict: str | None, inliers: int) -> float:
         if inliers >= lowest:
             value = precision
     return value
-
-
-def file_sha1(path: str | os.PathLike) -> str | None:
-    """SHA-1 of a file's bytes, as the catalog records it for indexed images (None if unreadable)."""
-    digest = hashlib.sha1()
-    try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 # --- local features by image id ------------------------------------------------------------

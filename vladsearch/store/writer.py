@@ -9,7 +9,6 @@ orchestrator.py, for every executor; `remove_names` and `copy_index` commit here
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import time
@@ -24,6 +23,7 @@ from vladsearch.encoding.encoder import Encoder
 from vladsearch.features.extraction import ExtractedImage
 from vladsearch.store import catalog, migration, segments
 from vladsearch.store.catalog import check_writable, disk_error, existing_build
+from vladsearch.store.moves import file_sha1
 from vladsearch.store.transaction import Changes, transaction
 from vladsearch.version import __version__
 
@@ -231,11 +231,7 @@ def unchanged(row: dict[str, Any] | None, path: Path) -> bool:
         return False
     if row["mtime"] == stat.st_mtime:
         return True
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:  # copied or moved files keep their bytes, not their mtime
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest() == row["sha1"]
+    return file_sha1(path) == row["sha1"]  # copied or moved files keep their bytes, not their mtime
 
 
 def remove_names(index_dir: Path, names: list[str]) -> list[str]:
