@@ -164,9 +164,10 @@ def _recall_at_1(answers: list[dict], gt: dict) -> tuple[float, list[str]]:
     return right / max(len(answers), 1), wrong
 
 
-def run(root: Path, repeat: int, build_args: list[str], search_args: list[str]) -> dict:
+def run(root: Path, repeat: int, build_args: list[str], search_args: list[str],
+        sets: tuple[str, ...] = SETS) -> dict:
     report: dict = {"sets": {}, "build_args": build_args, "search_args": search_args}
-    for name in SETS:
+    for name in sets:
         folder = root / name
         gt = json.loads((folder / "gt.json").read_text())["queries"]
         index = root / f"{name}.vlad"
@@ -259,6 +260,9 @@ def main() -> int:
     r.add_argument("--json", type=Path)
     r.add_argument("--build-args", default="", help="extra build flags, e.g. '--feature-codes none'")
     r.add_argument("--search-args", default="", help="extra search flags for both runs")
+    r.add_argument("--sets", nargs="+", default=list(SETS),
+                   help="folders of ROOT to run (any set in the vladsearch layout, e.g. one of "
+                        "places_devset.py's); strangers are searched against 'copy'")
     c = sub.add_parser("calibrate")
     c.add_argument("reports", type=Path, nargs="+")
     c.add_argument("--root", type=Path, help="the folder of `prepare`: label the candidates again")
@@ -266,7 +270,7 @@ def main() -> int:
     if args.command == "prepare":
         prepare(args.out, args.queries, args.seed)
     elif args.command == "run":
-        report = run(args.root, args.repeat, args.build_args.split(), args.search_args.split())
+        report = run(args.root, args.repeat, args.build_args.split(), args.search_args.split(), tuple(args.sets))
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))
     else:

@@ -64,6 +64,13 @@ def collect_scenes(sacre_coeur: Path, assets: Path, shared: Path | None) -> dict
     return {name: paths for name, paths in scenes.items() if len(paths) >= 2}
 
 
+def _spec_images(spec: str) -> list[Path]:
+    """A file, or a folder[:STEP]'s images (every STEP-th)."""
+    where, _, step = spec.partition(":")
+    path = Path(where)
+    return _images(path)[:: int(step or 1)] if path.is_dir() else [path]
+
+
 def size_factor(name: str) -> float:
     return SIZE_FACTORS[int(hashlib.sha1(name.encode()).hexdigest(), 16) % len(SIZE_FACTORS)]
 
@@ -113,13 +120,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared-data", type=Path, default=None, help="../shared/data (homogr, oxford, corridor)")
     parser.add_argument("--distractors", type=int, default=30, help="corridor frames added as unrelated images")
     parser.add_argument("--size-mix", action="store_true", help="rescale database images by 0.5/1/2")
+    parser.add_argument("--scene", action="append", default=[], metavar="NAME=PATH[,PATH...]",
+                        help="one more scene (or more images of a scene): its image files, or a folder[:STEP] "
+                             "(every STEP-th image)")
+    parser.add_argument("--pairs", action="append", default=[], metavar="DIR",
+                        help="a folder of <scene>_<frame> images: each scene prefix is one more scene")
+    parser.add_argument("--distractor-dir", action="append", default=[], metavar="DIR[:STEP]",
+                        help="more unrelated images (every STEP-th file of DIR)")
     args = parser.parse_args(argv)
     if args.out.exists():
         parser.error(f"{args.out} exists; pass a new folder")
     scenes = collect_scenes(args.sacre_coeur, args.lightglue_assets, args.shared_data)
+    for spec in args.scene:
+        name, _, where = spec.partition("=")
+        scenes.setdefault(name, []).extend(p for part in where.split(",") for p in _spec_images(part))
+    for folder in args.pairs:
+        for image in _images(Path(folder)):
+            scenes.setdefault(image.stem.rsplit("_", 2)[0], []).append(image)
+    scenes = {name: paths for name, paths in scenes.items() if len(paths) >= 2}
     distractors = []
     if args.shared_data is not None and args.distractors:
         distractors = _images(args.shared_data / "corridor" / "images")[: args.distractors]
+    for spec in args.distractor_dir:
+        distractors += _spec_images(spec)
     gt = make_devset(args.out, scenes, distractors, args.size_mix)
     n_images = len(list((args.out / "images").iterdir()))
     print(f"{args.out}: {n_images} images ({len(scenes)} scenes, {len(distractors)} distractors), "

@@ -178,7 +178,7 @@ def rerank(feature, ranked, dataset, db_by_name, queries, depth: int, cache: Pat
             by_threshold = {t: verify_matches(queries[i].keypoints, db_by_name[name].keypoints, matches,
                                               model=settings.model, threshold=t)[0] for t in thresholds}
             inliers[name] = by_threshold[settings.threshold]
-            pairs.append((i, name in query.positives, by_threshold))
+            pairs.append((i, name in query.positives, by_threshold, name))
         seconds.append(time.perf_counter() - start)
         verified = sorted((name for name in inliers if inliers[name] >= settings.min_inliers),
                           key=lambda name: -inliers[name])
@@ -186,6 +186,8 @@ def rerank(feature, ranked, dataset, db_by_name, queries, depth: int, cache: Pat
     row = {"R@1 reranked": recall(reranked, dataset, 1), "R@5 reranked": recall(reranked, dataset, 5),
            "R@1 rot90 reranked": recall(reranked, dataset, 1, "rot90__"),
            "s per query (uncached)": float(np.median(seconds))}
+    row["pairs"] = [{"query": dataset.queries[p[0]].name, "image": p[3], "positive": p[1],
+                     "inliers": p[2][settings.threshold]} for p in pairs]
     for t in thresholds:
         worst = max((p[2][t] for p in pairs if not p[1]), default=0)
         with_partner = {p[0] for p in pairs if p[1]}
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                     row.update(rerank(feature, ranked, dataset, dict(zip(db_names, db)), queries, args.rerank,
                                       args.cache, args.match_keypoints))
                 rows.append(row)
-                print(" | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+                print(" | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                                 if k != "pairs"),
                       flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -86,6 +86,15 @@ def verification_for(name: str) -> VerificationSettings:
     return VERIFICATION[matcher_for(name)]
 
 
+def learned_verification(name: str, weights: str | None = None) -> VerificationSettings | None:
+    """The learned matcher's verification for feature `name` when it has one and its weights are
+    found (else None: verify with mutual nearest neighbours and a homography only)."""
+    matcher = capabilities(name).matcher
+    if matcher not in _LEARNED or name not in _LEARNED[matcher] or not _weights_found(matcher, name, weights):
+        return None
+    return VERIFICATION[matcher]
+
+
 def match_features(name: str, query: HasFeatures, db: HasFeatures, matcher: str | None = None,
                    device: str = "auto", weights: str | None = None) -> np.ndarray:
     """Matches between two images' features of type `name` -> M×2 int64 (query, db index).
@@ -189,11 +198,13 @@ def as_features(features: Any) -> HasFeatures:
 
 
 def _image_size(features: HasFeatures) -> tuple[float, float]:
+    """(width, height) LightGlue normalises keypoints by: the image's, never smaller than the
+    keypoints' extent (a size recorded before an EXIF turn must not put them outside the frame)."""
+    extent = np.asarray(features.keypoints, np.float32).max(axis=0) + 1
     size = getattr(features, "image_size", None)
     if size is not None and min(size) > 0:
-        return float(size[0]), float(size[1])
-    extent = np.asarray(features.keypoints, np.float32).max(axis=0) + 1  # best guess: the keypoints' extent
-    return float(extent[0]), float(extent[1])
+        return max(float(size[0]), float(extent[0])), max(float(size[1]), float(extent[1]))
+    return float(extent[0]), float(extent[1])  # best guess: the keypoints' extent
 
 
 def _run_lightglue(model, query: HasFeatures, db: HasFeatures) -> np.ndarray:

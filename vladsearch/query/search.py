@@ -20,7 +20,9 @@ from vladsearch.io.images import list_images
 from vladsearch.io.progress import progress_bar
 from vladsearch.query.rerank import DEFAULT_MIN_INLIERS, mirror_sift_descriptors
 from vladsearch.query.results import Match, SearchResult
+from vladsearch.query.matching import learned_verification
 from vladsearch.query.verification import (  # noqa: F401 - database_features: its old home
+    LEARNED_DEPTH,
     VERDICT_RANK,
     VERIFY_KEYPOINTS,
     Confirmation,
@@ -28,6 +30,7 @@ from vladsearch.query.verification import (  # noqa: F401 - database_features: i
     database_features,
     strongest,
     verify_candidates,
+    verify_scenes,
 )
 from vladsearch.store.snapshot import Snapshot
 
@@ -207,6 +210,7 @@ def _verify_queries(items: list, plain: list[list[Match]], encoder: Encoder, sna
             confirmations += verify_candidates([p for p in chunk if (p not in unscreened) == screen], source, how,
                                                identical, workers, screen=screen,
                                                min_inliers=options.min_inliers or DEFAULT_MIN_INLIERS)
+    confirmations = _confirm_scenes(confirmations, plain, items, source, encoder, rows, options.rerank)
     by_query: list[list[Match]] = [[] for _ in plain]
     for c in confirmations:
         row = -1 - c.a
@@ -225,6 +229,27 @@ def _verify_queries(items: list, plain: list[list[Match]], encoder: Encoder, sna
                           for m in plain[row] if m.id not in seen and m.id not in rest]
         answers.append(confirmed)
     return answers
+
+
+def _confirm_scenes(confirmations: list[Confirmation], plain: list[list[Match]], items: list, source: FeatureSource,
+                    encoder: Encoder, rows: dict[int, dict], depth: int) -> list[Confirmation]:
+    """For features with a learned matcher (the places preset's ALIKED): the first LEARNED_DEPTH
+    VLAD candidates that one homography did not confirm get a second chance with learned matches
+    and a fundamental matrix (another viewpoint of a 3D scene); the others stay as they are."""
+    settings = learned_verification(encoder.params.features)
+    if settings is None:
+        return confirmations
+    by_pair = {(c.a, c.b): c for c in confirmations}
+    pairs = [(-1 - row, m.id) for row, matches in enumerate(plain) for m in matches[:min(depth, LEARNED_DEPTH)]
+             if (-1 - row, m.id) in by_pair and by_pair[(-1 - row, m.id)].verdict is None]
+    if not pairs:
+        return confirmations
+    sizes = {i: (row["width"], row["height"]) for i, row in rows.items() if row.get("width") and row.get("height")}
+    sizes.update({-1 - row: tuple(item.features.image_size) for row, item in enumerate(items)
+                  if getattr(item.features, "image_size", None)})
+    for c in verify_scenes(pairs, source, encoder.params.features, settings, sizes):
+        by_pair[(c.a, c.b)] = c
+    return list(by_pair.values())
 
 
 def _expand(snapshot: Snapshot, query_vector: np.ndarray, matches: list[Match], n: int, k: int,

@@ -11,8 +11,10 @@ The vocabulary:
                  local features agree on one homography, one affine map explains the inliers,
                  scales every direction alike (or keeps the axes perpendicular: a resize to
                  another aspect ratio), and the inliers reach across the image, not one band
-    same scene   the same place or object, confirmed by geometry (enough inliers of one
-                 homography) from another viewpoint or light
+    same scene   the same place or object, confirmed by geometry from another viewpoint or
+                 light: enough inliers of one homography (any feature), or, for features
+                 with a learned matcher (ALIKED, DISK: LightGlue; XFeat: LighterGlue), enough
+                 inliers of one fundamental matrix among the learned matches (a 3D scene)
     None         not confirmed: the candidate is only a VLAD neighbour
 
 Each verdict comes with a confidence in [0, 1]: the precision measured at that verdict and
@@ -35,8 +37,9 @@ import numpy as np
 
 from vladsearch.encoding.encoder import DEFAULT_KEEP_FEATURES
 from vladsearch.features.extraction import extract_images
+from vladsearch.query.matching import VerificationSettings, learned_verification, match_features
 from vladsearch.query.pair_verification import PairVerdict, verify_pairs
-from vladsearch.query.rerank import DEFAULT_MIN_INLIERS
+from vladsearch.query.rerank import DEFAULT_MIN_INLIERS, verify_matches
 
 IDENTICAL = "identical"
 COPY = "copy"
@@ -124,12 +127,18 @@ CONFIDENCE: dict[str, list[tuple[int, float]]] = {
 }
 
 
-def confidence(verdict: str | None, inliers: int) -> float:
-    """The measured precision of a verdict at this many inliers (0.0 for None)."""
+# The same scene confirmed by a learned matcher and a fundamental matrix (`verify_scenes`): measured
+# apart, because its inliers count differently (see LEARNED_CONFIDENCE's comment below).
+LEARNED_SCENE = "learned"
+
+
+def confidence(verdict: str | None, inliers: int, how: str = "") -> float:
+    """The measured precision of a verdict at this many inliers (0.0 for None); `how`
+    LEARNED_SCENE: a same scene confirmed by a learned matcher."""
     if verdict is None:
         return 0.0
     value = 0.0
-    for lowest, precision in CONFIDENCE[verdict]:
+    for lowest, precision in (LEARNED_CONFIDENCE if how == LEARNED_SCENE else CONFIDENCE[verdict]):
         if inliers >= lowest:
             value = precision
     return value
@@ -289,4 +298,46 @@ def verify_candidates(pairs: Sequence[tuple[int, int]], source: FeatureSource, m
         verdict = by_pair[(a, b)]
         kind = classify(verdict, min_inliers=min_inliers)
         out.append(Confirmation(a, b, kind, confidence(kind, verdict.inliers), verdict.inliers, verdict.mirrored))
+    return out
+
+
+# --- the same scene, by a learned matcher and epipolar geometry -----------------------------
+# Candidates verified this way per query: the first LEARNED_DEPTH VLAD candidates that the
+# homography stage did not confirm. On the places dev set the true partner is among ALIKED's first
+# 5 / 10 / 15 VLAD candidates for 0.83 / 0.89 / 0.94 of the (unturned) queries, and LightGlue
+# costs 0.1-0.4 s a pair of 1,024 keypoints on 2 CPU cores, more under load (it stops early on
+# confident pairs): 10 keeps a query at a few seconds (docs/BENCHMARKS.md, "Places").
+LEARNED_DEPTH = 10
+# (lowest inlier count of the bin, confidence), measured like CONFIDENCE on the places dev set
+# (`benchmarks/places_eval.py DEV --features aliked --max-side 640 --rerank 5`, 865 candidate pairs of
+# 173 queries, docs/BENCHMARKS.md "Places"): every pair at or above the bar (50 inliers at 1 px) was
+# right, wrong pairs reached at most 37; 50-99 inliers 19 pairs, 100-199 39, ≥ 200 200. The
+# confidence is the lower end of the 95 % Wilson interval, as for CONFIDENCE.
+LEARNED_CONFIDENCE: list[tuple[int, float]] = [(0, 0.832), (100, 0.91), (200, 0.981)]
+
+
+def verify_scenes(pairs: Sequence[tuple[int, int]], source: FeatureSource, features: str,
+                  settings: VerificationSettings, sizes: dict[int, tuple[int, int]] | None = None,
+                  ) -> list[Confirmation]:
+    """Match each (a, b) with the learned matcher of `features` and fit `settings.model` (the
+    fundamental matrix): SAME_SCENE with at least `settings.min_inliers` inliers, else None.
+
+    Runs in this process (the matcher is a torch model, loaded once, on the GPU where there is
+    one). sizes: image id -> (width, height), the frame LightGlue normalises keypoints by
+    (the keypoints' extent when missing).
+    """
+    sizes = sizes or {}
+    source.load({i for pair in pairs for i in pair})
+    out = []
+    for a, b in pairs:
+        fa, fb = source(a), source(b)
+        if fa is None or fb is None:
+            out.append(Confirmation(a, b, None, 0.0, 0))
+            continue
+        (ka, da), (kb, db) = tuple(fa), tuple(fb)
+        matches = match_features(features, (ka, da, *([sizes[a]] if a in sizes else [])),
+                                 (kb, db, *([sizes[b]] if b in sizes else [])))
+        inliers, _ = verify_matches(ka, kb, matches, model=settings.model, threshold=settings.threshold)
+        verdict = SAME_SCENE if inliers >= settings.min_inliers else None
+        out.append(Confirmation(a, b, verdict, confidence(verdict, inliers, LEARNED_SCENE), int(inliers)))
     return out
