@@ -18,10 +18,12 @@ from vladsearch.features import capabilities
 from vladsearch.features.extraction import extract_images, single_blas_thread
 from vladsearch.io.images import list_images
 from vladsearch.io.progress import progress_bar
+from vladsearch.query.matching import learned_verification
 from vladsearch.query.rerank import DEFAULT_MIN_INLIERS, mirror_sift_descriptors
 from vladsearch.query.results import Match, SearchResult
-from vladsearch.query.matching import learned_verification
 from vladsearch.query.verification import (  # noqa: F401 - database_features: its old home
+    COPY,
+    IDENTICAL,
     LEARNED_DEPTH,
     VERDICT_RANK,
     VERIFY_KEYPOINTS,
@@ -154,6 +156,8 @@ def search_index(encoder: Encoder, snapshot: Snapshot, root: Path, queries: list
     if options.rerank:
         answers = _verify_queries([items[i] for i in good], plain, encoder,
                                   snapshot, root, options, xq_mirrored, mirror, workers)
+        if not capabilities(encoder.params.features).rotation_invariant:
+            _answer_turned(answers, [expanded[i][1] for i in good], encoder, snapshot, root, options, workers)
     else:
         answers = plain
     for row, position in enumerate(good):
@@ -165,10 +169,63 @@ def search_index(encoder: Encoder, snapshot: Snapshot, root: Path, queries: list
     return results
 
 
+# Features whose descriptors turn with the image (not `capabilities().rotation_invariant`: ALIKED,
+# DISK, SuperPoint, XFeat) neither find nor match a turned copy: on the answers copy set, ... A query
+# that nothing confirms is searched again turned by each of these angles (until one confirms),
+# verified by the homography stage only (a turned photo is an edited copy; ~0.5 s per turn and query
+# for ALIKED at 640 px on 2 cores, paid only by unanswered queries).
+QUERY_TURNS = (90, 270, 180)
+
+
+def _answer_turned(answers: list[list[Match]], paths: list[Path], encoder: Encoder, snapshot: Snapshot,
+                   root: Path, options: SearchOptions, workers: int | None) -> None:
+    """Replace the answers of queries with no confirmed match by those of the query turned by
+    QUERY_TURNS (the first turn that confirms anything), in place."""
+    from types import SimpleNamespace
+
+    from vladsearch.io.images import ImageError, load_image
+
+    missing = [row for row, matches in enumerate(answers) if not any(m.verified for m in matches)]
+    images = {}
+    for row in missing:
+        try:
+            images[row] = load_image(paths[row], encoder.params.max_side, encoder.params.max_pixels)
+        except ImageError:
+            continue
+    extractor = encoder.extractor()
+    for turn in QUERY_TURNS:
+        rows = [row for row in missing if row in images]
+        if not rows:
+            return
+        items = []
+        for row in rows:
+            image = images[row]
+            size = image.size if turn == 180 else (image.size[1], image.size[0])
+            features = extractor.extract(np.ascontiguousarray(np.rot90(image.gray, k=turn // 90)), image.scale, size)
+            items.append(SimpleNamespace(features=features, sha1=""))
+        kept = [(row, item) for row, item in zip(rows, items) if len(item.features)]
+        if not kept:
+            return
+        with single_blas_thread(extractor):
+            xq = encoder.encode([item.features.descriptors for _, item in kept])
+        D, I = snapshot.search(xq, options.rerank, options.nprobe)
+        names = snapshot.paths_of([int(i) for i in I.ravel() if i >= 0])
+        plain = [[Match(names[int(i)], float(s), int(i)) for s, i in zip(*top_k(D[r], I[r], options.rerank))
+                  if int(i) in names] for r in range(len(kept))]
+        found = _verify_queries([item for _, item in kept], plain, encoder, snapshot, root,
+                                dataclasses.replace(options, unverified=False), None, False, workers, learned=False)
+        for (row, _), confirmed in zip(kept, found):
+            if confirmed:
+                seen = {m.id for m in confirmed}
+                answers[row] = confirmed + [m for m in answers[row] if m.id not in seen]
+        missing = [row for row in missing if not any(m.verified for m in answers[row])]
+
+
 def _verify_queries(items: list, plain: list[list[Match]], encoder: Encoder, snapshot: Snapshot,
                     root: Path, options: SearchOptions, xq_mirrored: np.ndarray | None, mirror: bool,
-                    workers: int | None) -> list[list[Match]]:
-    """Each query's confirmed matches, best first (+ the unconfirmed candidates with `unverified`)."""
+                    workers: int | None, learned: bool = True) -> list[list[Match]]:
+    """Each query's confirmed matches, best first (+ the unconfirmed candidates with `unverified`);
+    learned: give candidates one homography did not confirm the learned matcher's second chance."""
     depth = options.rerank
     candidates: list[dict[int, Match]] = [{m.id: m for m in matches[:depth]} for matches in plain]
     how: dict[tuple[int, int], bool | str] = {}  # (query, candidate) -> pair_verification's `mirror` argument
@@ -210,7 +267,8 @@ def _verify_queries(items: list, plain: list[list[Match]], encoder: Encoder, sna
             confirmations += verify_candidates([p for p in chunk if (p not in unscreened) == screen], source, how,
                                                identical, workers, screen=screen,
                                                min_inliers=options.min_inliers or DEFAULT_MIN_INLIERS)
-    confirmations = _confirm_scenes(confirmations, plain, items, source, encoder, rows, options.rerank)
+    if learned:
+        confirmations = _confirm_scenes(confirmations, plain, items, source, encoder, rows, options.rerank)
     by_query: list[list[Match]] = [[] for _ in plain]
     for c in confirmations:
         row = -1 - c.a
@@ -235,13 +293,16 @@ def _confirm_scenes(confirmations: list[Confirmation], plain: list[list[Match]],
                     encoder: Encoder, rows: dict[int, dict], depth: int) -> list[Confirmation]:
     """For features with a learned matcher (the places preset's ALIKED): the first LEARNED_DEPTH
     VLAD candidates that one homography did not confirm get a second chance with learned matches
-    and a fundamental matrix (another viewpoint of a 3D scene); the others stay as they are."""
+    and a fundamental matrix (another viewpoint of a 3D scene); the others stay as they are.
+    A query already answered as identical to or a copy of an image is not matched again: its
+    answer stands, and the learned matcher is the costly part of a search."""
     settings = learned_verification(encoder.params.features)
     if settings is None:
         return confirmations
     by_pair = {(c.a, c.b): c for c in confirmations}
+    answered = {c.a for c in confirmations if c.verdict in (IDENTICAL, COPY)}
     pairs = [(-1 - row, m.id) for row, matches in enumerate(plain) for m in matches[:min(depth, LEARNED_DEPTH)]
-             if (-1 - row, m.id) in by_pair and by_pair[(-1 - row, m.id)].verdict is None]
+             if -1 - row not in answered and (-1 - row, m.id) in by_pair and by_pair[(-1 - row, m.id)].verdict is None]
     if not pairs:
         return confirmations
     sizes = {i: (row["width"], row["height"]) for i, row in rows.items() if row.get("width") and row.get("height")}

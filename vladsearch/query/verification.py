@@ -37,7 +37,7 @@ import numpy as np
 
 from vladsearch.encoding.encoder import DEFAULT_KEEP_FEATURES
 from vladsearch.features.extraction import extract_images
-from vladsearch.query.matching import VerificationSettings, learned_verification, match_features
+from vladsearch.query.matching import VerificationSettings, match_features
 from vladsearch.query.pair_verification import PairVerdict, verify_pairs
 from vladsearch.query.rerank import DEFAULT_MIN_INLIERS, verify_matches
 
